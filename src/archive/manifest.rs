@@ -1,0 +1,140 @@
+//! The manifest inside every archive, in three kinds of entries under
+//! `<signing key's directory>/.synapse-backup/`:
+//! - `header.json`, the first entry: format, tool, time, server_name, database kind, and where each
+//!   role (signing key, database, media store) was on the source server;
+//! - `files-NNNNNN.json`, after every [`CHUNK`] files: their names, sizes and SHA-256;
+//! - `manifest.json`, the last entry: the header again with the totals.
+//!
+//! With stock tools (`gpg -d | tar -xz -C /`) these land in that hidden directory and do no harm.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::entry_name;
+use crate::synapse::{Database, SynapseConfig};
+
+/// Files described by one `files-NNNNNN.json` chunk.
+pub const CHUNK: usize = 4096;
+pub const DIR: &str = ".synapse-backup";
+pub const HEADER: &str = "header.json";
+pub const SUMMARY: &str = "manifest.json";
+pub const FILES_PREFIX: &str = "files-";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    pub tool: String,
+    pub created_at: String,
+    pub server_name: String,
+    /// `sqlite3` or `psycopg2`.
+    pub database: String,
+    pub roots: Roots,
+}
+
+/// Where each role was on the source server, as entry names (absolute paths without the leading `/`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roots {
+    pub signing_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    pub media_store: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    pub files: Vec<FileRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub header: Header,
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+impl Header {
+    pub fn new(cfg: &SynapseConfig, created_at: &str) -> Self {
+        Header {
+            format: super::FORMAT,
+            tool: crate::TOOL_VERSION.to_string(),
+            created_at: created_at.to_string(),
+            server_name: cfg.server_name.clone(),
+            database: cfg.database.kind().to_string(),
+            roots: Roots {
+                signing_key: entry_name(&cfg.signing_key_path),
+                database: match &cfg.database {
+                    Database::Sqlite(p) => Some(entry_name(p)),
+                    Database::Postgres => None,
+                },
+                media_store: entry_name(&cfg.media_store_path),
+            },
+        }
+    }
+
+    /// The directory the manifest entries live in, as an entry-name prefix (`data/.synapse-backup`).
+    pub fn dir(&self) -> String {
+        manifest_dir(&self.roots.signing_key)
+    }
+}
+
+pub fn manifest_dir(signing_key_entry: &str) -> String {
+    let parent = Path::new(signing_key_entry)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if parent.is_empty() {
+        DIR.to_string()
+    } else {
+        format!("{parent}/{DIR}")
+    }
+}
+
+/// What a manifest entry is, from its name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ManifestPart {
+    Header,
+    Files,
+    Summary,
+}
+
+pub fn classify(name: &str) -> Option<ManifestPart> {
+    let mut parts = name.rsplitn(3, '/');
+    let file = parts.next()?;
+    let dir = parts.next()?;
+    if dir != DIR {
+        return None;
+    }
+    match file {
+        HEADER => Some(ManifestPart::Header),
+        SUMMARY => Some(ManifestPart::Summary),
+        f if f.starts_with(FILES_PREFIX) && f.ends_with(".json") => Some(ManifestPart::Files),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(manifest_dir("data/example.com.signing.key"), "data/.synapse-backup");
+        assert_eq!(classify("data/.synapse-backup/header.json"), Some(ManifestPart::Header));
+        assert_eq!(
+            classify("data/.synapse-backup/files-000001.json"),
+            Some(ManifestPart::Files)
+        );
+        assert_eq!(classify(".synapse-backup/manifest.json"), Some(ManifestPart::Summary));
+        assert_eq!(classify("data/media/local_content/ab/cd/x"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The archive: a Synapse data tree as one stream, tar → gzip → OpenPGP, and back.
+//!
+//! Entry names are the absolute source paths without the leading `/` (what `tar -c /data/…`
+//! writes), so a backup also restores with stock tools: `gpg -d | tar -xz -C /`. gzip is a series
+//! of members (stored for media that does not compress, level 1 for the rest), which any gzip
+//! reader takes as one stream. OpenPGP is SKESK v4 + SEIPD v1 (AES-256, MDC), what GnuPG 2.2 reads.
+//!
+//! A small manifest travels inside (see [`manifest`]): a header first (so a restore can refuse a
+//! wrong server before writing anything), the size and SHA-256 of every file in chunks after the
+//! files they describe (so memory stays bounded whatever the tree size), and a summary last.
+
+pub mod compress;
+pub mod crypto;
+pub mod manifest;
+pub mod pipe;
+pub mod reader;
+pub mod staging;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use manifest::Header;
+pub use reader::{read, Entry, EntryKind, ReadSummary, Visitor};
+pub use writer::{write, Plan, Source, Written};
+
+/// Archive format version, in the manifest and the object's metadata.
+pub const FORMAT: u32 = 1;
+
+/// The media store's directories a backup carries: what this server's users uploaded and its
+/// thumbnails. `remote_content`, `remote_thumbnail` and `url_cache*` are caches and stay out.
+pub const MEDIA_DIRS: [&str; 2] = ["local_content", "local_thumbnails"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("wrong passphrase: it does not open this backup")]
+    WrongPassphrase,
+    #[error("this object is not a passphrase-encrypted backup ({0})")]
+    NotABackup(String),
+    #[error("the backup is damaged, truncated or was tampered with: {0}")]
+    Damaged(String),
+    #[error("the backup holds an entry that would be written outside Synapse's data ({entry:?}: {reason}); nothing was restored")]
+    Hostile { entry: String, reason: String },
+    #[error("the backup's manifest does not match its contents: {0}")]
+    Manifest(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Sqlite(#[from] crate::synapse::sqlite::SqliteError),
+}
+
+impl ArchiveError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ArchiveError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A failure reading an entry's data: the stream below it broke.
+    pub fn read(entry: &str, source: std::io::Error) -> Self {
+        ArchiveError::Damaged(format!("reading {entry}: {source}"))
+    }
+
+    pub fn hostile(entry: &str, reason: impl Into<String>) -> Self {
+        ArchiveError::Hostile {
+            entry: entry.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The tar entry name of an absolute path: the path without its leading `/`.
+pub fn entry_name(path: &std::path::Path) -> String {
+    let s = path.to_string_lossy();
+    s.trim_start_matches('/').to_string()
+}
+
+/// The inverse of [`entry_name`].
+pub fn entry_path(name: &str) -> PathBuf {
+    PathBuf::from("/").join(name)
+}

@@ -1,0 +1,145 @@
+//! A bounded pipe between two pipeline threads: chunks of bytes through a channel of fixed depth,
+//! with the buffers handed back for reuse (no allocation per chunk). Memory in flight is at most
+//! `depth + 2` chunks. The reader sees a clean end only when the writer called
+//! [`PipeWriter::finish`]; a writer that failed (dropped unfinished) gives the reader an error,
+//! so a half-made stream can never pass for a whole one.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+enum Msg {
+    Data(Vec<u8>),
+    End,
+}
+
+pub struct PipeWriter {
+    buf: Vec<u8>,
+    chunk: usize,
+    data: SyncSender<Msg>,
+    free: Receiver<Vec<u8>>,
+}
+
+pub struct PipeReader {
+    buf: Vec<u8>,
+    pos: usize,
+    data: Receiver<Msg>,
+    free: SyncSender<Vec<u8>>,
+    ended: bool,
+}
+
+pub fn pipe(chunk: usize, depth: usize) -> (PipeWriter, PipeReader) {
+    let (data_tx, data_rx) = sync_channel(depth);
+    let (free_tx, free_rx) = sync_channel(depth + 2);
+    let w = PipeWriter {
+        buf: Vec::with_capacity(chunk),
+        chunk,
+        data: data_tx,
+        free: free_rx,
+    };
+    let r = PipeReader {
+        buf: Vec::new(),
+        pos: 0,
+        data: data_rx,
+        free: free_tx,
+        ended: false,
+    };
+    (w, r)
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the next stage of the pipeline stopped")
+}
+
+impl PipeWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.chunk));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.data.send(Msg::Data(full)).map_err(|_| closed())
+    }
+
+    /// Sends what is buffered and marks a clean end of stream.
+    pub fn finish(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.data.send(Msg::End).map_err(|_| closed())
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = self.chunk - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.ended || out.is_empty() {
+                return Ok(0);
+            }
+            match self.data.recv() {
+                Ok(Msg::Data(next)) => {
+                    let mut used = std::mem::replace(&mut self.buf, next);
+                    self.pos = 0;
+                    used.clear();
+                    let _ = self.free.try_send(used);
+                }
+                Ok(Msg::End) => self.ended = true,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the previous stage of the pipeline failed",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carries_everything_in_order() {
+        let (mut w, mut r) = pipe(7, 2);
+        let t = std::thread::spawn(move || {
+            for i in 0..1000u32 {
+                w.write_all(&i.to_le_bytes()).unwrap();
+            }
+            w.finish().unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        t.join().unwrap();
+        let want: Vec<u8> = (0..1000u32).flat_map(|i| i.to_le_bytes()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_writer_that_fails_is_not_a_clean_end() {
+        let (mut w, mut r) = pipe(4, 2);
+        let t = std::thread::spawn(move || {
+            w.write_all(b"partial data").unwrap();
+            drop(w);
+        });
+        let mut got = Vec::new();
+        assert!(r.read_to_end(&mut got).is_err());
+        t.join().unwrap();
+    }
+}

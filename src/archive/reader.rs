@@ -1,0 +1,366 @@
+//! The restore side of the pipeline, on two threads joined by a bounded pipe:
+//!
+//! ```text
+//! object ─▶ [OpenPGP decrypt] ═pipe═▶ [gunzip (if gzip) + tar + SHA-256] ─▶ Visitor
+//! ```
+//!
+//! It reads our archives and the reference charm's (`tar -c … | gpg --symmetric`: plain tar,
+//! maybe inside a GnuPG compression packet). Every entry name is checked before a visitor sees it
+//! (no absolute names, no `..`, no devices); every file is hashed and, when the archive has a
+//! manifest, compared with it. The visitor decides where entries go; nothing here writes to disk.
+//! [`read`] returns Ok only if the whole stream was read and OpenPGP's integrity check passed.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use flate2::read::MultiGzDecoder;
+use tar::EntryType;
+
+use super::manifest::{self, FileChunk, FileRecord, ManifestPart, Summary};
+use super::pipe::{pipe, PipeWriter};
+use super::writer::{first_cause, Hashing, PIPE_CHUNK, PIPE_DEPTH};
+use super::{crypto, ArchiveError, Header};
+use crate::progress::{Progress, ProgressSink};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// A symbolic link and its target, as written in the archive.
+    Symlink(String),
+    /// A hard link to an earlier entry (its name).
+    HardLink(String),
+}
+
+/// One archive entry, its name already checked to be relative and free of `..`.
+pub struct Entry<'a> {
+    pub name: &'a str,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    pub size: u64,
+    pub data: &'a mut dyn Read,
+}
+
+pub trait Visitor {
+    /// Our archives' first entry. Return an error to stop before anything else is read.
+    fn header(&mut self, header: &Header) -> Result<(), ArchiveError>;
+    /// A file, directory or link. The reader hashes whatever of `data` is not read.
+    fn entry(&mut self, entry: Entry<'_>) -> Result<(), ArchiveError>;
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ReadSummary {
+    pub header: Option<Header>,
+    pub files: u64,
+    pub bytes: u64,
+    /// Every file matched the manifest (false: no manifest, e.g. a reference-charm backup).
+    pub manifest_checked: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+pub fn read(
+    src: Box<dyn Read + Send>,
+    passphrase: &Secret,
+    visitor: &mut (dyn Visitor + Send),
+    progress: &dyn ProgressSink,
+) -> Result<ReadSummary, ArchiveError> {
+    let started = Instant::now();
+    let counters = Counters::default();
+    let (tx, rx) = pipe(PIPE_CHUNK, PIPE_DEPTH);
+    std::thread::scope(|s| {
+        let decryptor = s.spawn(move || decrypt_stage(src, passphrase, tx));
+        let unpacker = s.spawn(|| unpack_stage(BufReader::with_capacity(64 << 10, rx), visitor, &counters));
+        while !(decryptor.is_finished() && unpacker.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            progress.report(&Progress {
+                phase: "reading backup",
+                files: counters.files.load(Ordering::Relaxed),
+                bytes: counters.bytes.load(Ordering::Relaxed),
+                elapsed: started.elapsed(),
+            });
+        }
+        let decrypted = decryptor
+            .join()
+            .unwrap_or_else(|_| Err(ArchiveError::Refused("the decryption thread panicked".into())));
+        let unpacked = unpacker
+            .join()
+            .unwrap_or_else(|_| Err(ArchiveError::Refused("the unpacking thread panicked".into())));
+        match unpacked {
+            Ok(summary) => decrypted.map(|()| summary),
+            Err(e) => first_cause(decrypted, Err(e)).map(|()| ReadSummary::default()),
+        }
+    })
+}
+
+/// `Read` for a `Send`-only reader, where Sequoia asks for `Sync` too (it is only used from one thread).
+struct SyncRead<R>(Mutex<R>);
+
+impl<R: Read> Read for SyncRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.get_mut() {
+            Ok(r) => r.read(buf),
+            Err(p) => p.into_inner().read(buf),
+        }
+    }
+}
+
+fn decrypt_stage(src: Box<dyn Read + Send>, passphrase: &Secret, mut out: PipeWriter) -> Result<(), ArchiveError> {
+    let mut plain = crypto::decrypt(SyncRead(Mutex::new(src)), passphrase)?;
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    loop {
+        let n = match plain.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(crypto::stream_error(e)),
+        };
+        io::Write::write_all(&mut out, &buf[..n])
+            .map_err(|e| ArchiveError::io("passing on the decrypted stream", e))?;
+    }
+    out.finish()
+        .map_err(|e| ArchiveError::io("passing on the decrypted stream", e))
+}
+
+fn unpack_stage<R: BufRead>(
+    mut input: R,
+    visitor: &mut (dyn Visitor + Send),
+    counters: &Counters,
+) -> Result<ReadSummary, ArchiveError> {
+    let head = input.fill_buf().map_err(pipe_read)?;
+    if head.is_empty() {
+        return Err(ArchiveError::Damaged("the backup is empty".into()));
+    }
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let stream: Box<dyn Read + '_> = if gzip {
+        Box::new(MultiGzDecoder::new(input))
+    } else {
+        Box::new(input)
+    };
+    let mut archive = tar::Archive::new(stream);
+    let mut check = ManifestCheck::default();
+    let mut summary = ReadSummary::default();
+    for (index, entry) in archive.entries().map_err(damaged)?.enumerate() {
+        let mut entry = entry.map_err(damaged)?;
+        let name = checked_name(&entry.path_bytes())?;
+        if let Some(part) = manifest::classify(&name) {
+            let body = read_small(&mut entry, &name)?;
+            match part {
+                ManifestPart::Header if index == 0 => {
+                    let header: Header = parse(&name, &body)?;
+                    visitor.header(&header)?;
+                    summary.header = Some(header);
+                }
+                ManifestPart::Header => return Err(ArchiveError::Manifest(format!("{name} is not the first entry"))),
+                ManifestPart::Files => check.chunk(parse(&name, &body)?)?,
+                ManifestPart::Summary => check.summary(parse(&name, &body)?)?,
+            }
+            continue;
+        }
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            EntryType::Regular | EntryType::Continuous => EntryKind::File,
+            EntryType::Directory => EntryKind::Dir,
+            EntryType::Symlink | EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                if header.entry_type() == EntryType::Link {
+                    EntryKind::HardLink(checked_name(target.as_bytes())?)
+                } else {
+                    EntryKind::Symlink(target)
+                }
+            }
+            other => {
+                return Err(ArchiveError::hostile(
+                    &name,
+                    format!("a {other:?} entry (devices, fifos and the like are never restored)"),
+                ))
+            }
+        };
+        let mode = header.mode().map_err(damaged)?;
+        let uid = header.uid().map_err(damaged)?;
+        let gid = header.gid().map_err(damaged)?;
+        let mtime = header.mtime().map_err(damaged)?;
+        let size = entry.size();
+        let is_file = kind == EntryKind::File;
+        let mut data = Hashing::new(&mut entry);
+        visitor.entry(Entry {
+            name: &name,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+            size,
+            data: &mut data,
+        })?;
+        if is_file {
+            io::copy(&mut data, &mut io::sink()).map_err(|e| ArchiveError::read(&name, e))?;
+            if data.len != size {
+                return Err(ArchiveError::Damaged(format!("{name} is shorter than its header says")));
+            }
+            check.file(FileRecord {
+                path: name,
+                size,
+                sha256: data.hex(),
+            })?;
+            summary.files += 1;
+            summary.bytes += size;
+            counters.files.store(summary.files, Ordering::Relaxed);
+            counters.bytes.store(summary.bytes, Ordering::Relaxed);
+        }
+    }
+    // Read to the very end, so gzip's trailer and OpenPGP's integrity check are verified too.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(damaged)?;
+    summary.manifest_checked = check.finish(summary.header.is_some(), summary.files)?;
+    Ok(summary)
+}
+
+/// An entry name as a relative path free of `..`: absolute names and escapes are refused outright,
+/// a leading `./` (as `tar -C / .` writes) is dropped.
+pub fn checked_name(raw: &[u8]) -> Result<String, ArchiveError> {
+    let name = String::from_utf8_lossy(raw);
+    if name.starts_with('/') {
+        return Err(ArchiveError::hostile(&name, "an absolute name"));
+    }
+    if name.contains('\0') {
+        return Err(ArchiveError::hostile(&name, "a NUL in the name"));
+    }
+    let mut parts = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(ArchiveError::hostile(&name, "a '..' in the name")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(ArchiveError::hostile(&name, "an empty name"));
+    }
+    Ok(parts.join("/"))
+}
+
+fn read_small(entry: &mut impl Read, name: &str) -> Result<Vec<u8>, ArchiveError> {
+    let mut body = Vec::new();
+    entry
+        .take(64 << 20)
+        .read_to_end(&mut body)
+        .map_err(|e| ArchiveError::read(name, e))?;
+    Ok(body)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, ArchiveError> {
+    serde_json::from_slice(body).map_err(|e| ArchiveError::Manifest(format!("{name}: {e}")))
+}
+
+fn damaged(e: io::Error) -> ArchiveError {
+    pipe_read(e)
+}
+
+fn pipe_read(e: io::Error) -> ArchiveError {
+    if e.to_string().contains("stage of the pipeline") {
+        ArchiveError::io("reading the decrypted stream", e)
+    } else {
+        ArchiveError::Damaged(e.to_string())
+    }
+}
+
+/// Compares each file with the manifest chunk that follows it; holds at most one chunk of files.
+#[derive(Default)]
+struct ManifestCheck {
+    pending: VecDeque<FileRecord>,
+    chunks: u64,
+    summary: Option<Summary>,
+}
+
+impl ManifestCheck {
+    fn file(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
+        if self.summary.is_some() {
+            return Err(ArchiveError::Manifest(format!(
+                "{} comes after the manifest's summary",
+                rec.path
+            )));
+        }
+        self.pending.push_back(rec);
+        if self.pending.len() > manifest::CHUNK {
+            // Not ours (the reference charm's archives have no manifest): stop keeping records.
+            self.pending.pop_front();
+            self.chunks = u64::MAX;
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, chunk: FileChunk) -> Result<(), ArchiveError> {
+        if chunk.files.len() != self.pending.len() {
+            return Err(ArchiveError::Manifest(format!(
+                "a manifest chunk lists {} files where {} came before it",
+                chunk.files.len(),
+                self.pending.len()
+            )));
+        }
+        for (want, got) in chunk.files.iter().zip(self.pending.drain(..)) {
+            if *want != got {
+                return Err(ArchiveError::Manifest(format!(
+                    "{} does not match its size and SHA-256 in the manifest",
+                    got.path
+                )));
+            }
+        }
+        self.chunks += 1;
+        Ok(())
+    }
+
+    fn summary(&mut self, summary: Summary) -> Result<(), ArchiveError> {
+        self.summary = Some(summary);
+        Ok(())
+    }
+
+    /// True when a manifest vouched for every file.
+    fn finish(self, has_header: bool, files: u64) -> Result<bool, ArchiveError> {
+        if !has_header {
+            return Ok(false);
+        }
+        let Some(summary) = self.summary else {
+            return Err(ArchiveError::Damaged(
+                "the manifest's summary is missing: the archive was cut short".into(),
+            ));
+        };
+        if !self.pending.is_empty() || summary.chunks != self.chunks || summary.files != files {
+            return Err(ArchiveError::Manifest(format!(
+                "it lists {} files in {} chunks; the archive holds {files} files and {} chunks",
+                summary.files, summary.chunks, self.chunks
+            )));
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        assert_eq!(checked_name(b"./data/x").unwrap(), "data/x");
+        assert_eq!(checked_name(b"data//media/").unwrap(), "data/media");
+        for bad in [&b"/etc/passwd"[..], b"data/../../etc/passwd", b"..", b"./", b"a/\0b"] {
+            assert!(
+                matches!(checked_name(bad), Err(ArchiveError::Hostile { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The create side of the pipeline, on two threads joined by a bounded pipe:
+//!
+//! ```text
+//! files ─▶ [tar + SHA-256 + adaptive gzip] ═pipe═▶ [OpenPGP encrypt] ─▶ Upload
+//! ```
+//!
+//! The split puts compression and encryption (Sequoia's SHA-1 MDC alone caps one core) on
+//! different cores. Memory is bounded by the pipe and the writers' buffers, whatever the tree size:
+//! files are streamed, directories are walked one at a time, and the manifest is flushed every
+//! [`manifest::CHUNK`] files.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Cursor, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tar::{EntryType, HeaderMode};
+
+use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
+use super::manifest::{self, FileChunk, FileRecord, Summary};
+use super::pipe::{pipe, PipeReader, PipeWriter};
+use super::{crypto, entry_name, ArchiveError, Header};
+use crate::progress::{Progress, ProgressSink};
+use crate::secret::Secret;
+use crate::store::Upload;
+
+pub const PIPE_CHUNK: usize = 256 << 10;
+pub const PIPE_DEPTH: usize = 16;
+const PEEK: usize = 16 << 10;
+
+/// What goes into one backup.
+pub struct Plan {
+    pub header: Header,
+    pub sources: Vec<Source>,
+}
+
+/// A file, or a directory tree walked recursively.
+pub struct Source {
+    /// Where the bytes are read from (for the database: the snapshot).
+    pub read_from: PathBuf,
+    /// The entry name (the live path without its leading `/`).
+    pub name: String,
+    pub tree: bool,
+}
+
+impl Source {
+    pub fn file(read_from: &Path, live_path: &Path) -> Self {
+        Source {
+            read_from: read_from.into(),
+            name: entry_name(live_path),
+            tree: false,
+        }
+    }
+
+    pub fn tree(root: &Path) -> Self {
+        Source {
+            read_from: root.into(),
+            name: entry_name(root),
+            tree: true,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Streams the plan, encrypted with `passphrase`, into `upload` (which the caller then finishes).
+pub fn write(
+    plan: &Plan,
+    passphrase: &Secret,
+    upload: &mut dyn Upload,
+    progress: &dyn ProgressSink,
+) -> Result<Written, ArchiveError> {
+    let started = Instant::now();
+    let counters = Counters::default();
+    let (tx, rx) = pipe(PIPE_CHUNK, PIPE_DEPTH);
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| Producer::run(plan, tx, &counters));
+        let encryptor = s.spawn(|| encrypt_stage(rx, passphrase, upload));
+        let report = |c: &Counters| Progress {
+            phase: "backing up",
+            files: c.files.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+        };
+        while !(producer.is_finished() && encryptor.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            progress.report(&report(&counters));
+        }
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(ArchiveError::Refused("the archive thread panicked".into())));
+        let encrypted = encryptor
+            .join()
+            .unwrap_or_else(|_| Err(ArchiveError::Refused("the encryption thread panicked".into())));
+        first_cause(produced, encrypted)?;
+        Ok(Written {
+            files: counters.files.load(Ordering::Relaxed),
+            bytes: counters.bytes.load(Ordering::Relaxed),
+        })
+    })
+}
+
+/// Of two stages' results, the error that caused the other (a stage that only saw its neighbour
+/// stop reports a pipe error).
+pub(super) fn first_cause(a: Result<(), ArchiveError>, b: Result<(), ArchiveError>) -> Result<(), ArchiveError> {
+    match (a, b) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(if is_pipe_error(&a) { b } else { a }),
+    }
+}
+
+fn is_pipe_error(e: &ArchiveError) -> bool {
+    let io = match e {
+        ArchiveError::Io { source, .. } => source,
+        _ => return false,
+    };
+    matches!(io.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)
+        && io.to_string().contains("stage of the pipeline")
+}
+
+fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
+    let mut message = crypto::encrypt(upload, passphrase)?;
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| ArchiveError::io("reading the archive stream", e))?;
+        if n == 0 {
+            break;
+        }
+        message
+            .write_all(&buf[..n])
+            .map_err(|e| ArchiveError::io("writing the backup", e))?;
+    }
+    message
+        .finalize()
+        .map_err(|e| ArchiveError::io("writing the backup", io::Error::other(format!("{e:#}"))))
+}
+
+type TarOut = tar::Builder<BufWriter<AdaptiveGz<PipeWriter>>>;
+
+struct Producer<'a> {
+    tar: TarOut,
+    counters: &'a Counters,
+    manifest_dir: String,
+    chunk: Vec<FileRecord>,
+    chunks: u64,
+    files: u64,
+    bytes: u64,
+    peek: Vec<u8>,
+    owner: (u64, u64),
+}
+
+impl<'a> Producer<'a> {
+    fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters) -> Result<(), ArchiveError> {
+        let gz = AdaptiveGz::new(out, Level::Fast);
+        let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
+        tar.mode(HeaderMode::Complete);
+        tar.follow_symlinks(false);
+        let owner = fs::metadata(&plan.sources.first().map(|s| s.read_from.clone()).unwrap_or_default())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (u64::from(m.uid()), u64::from(m.gid()))
+            })
+            .unwrap_or((0, 0));
+        let mut p = Producer {
+            tar,
+            counters,
+            manifest_dir: plan.header.dir(),
+            chunk: Vec::with_capacity(manifest::CHUNK),
+            chunks: 0,
+            files: 0,
+            bytes: 0,
+            peek: vec![0; PEEK],
+            owner,
+        };
+        p.json(manifest::HEADER, &plan.header)?;
+        for source in &plan.sources {
+            if source.tree {
+                let md = fs::metadata(&source.read_from).map_err(|e| read_err(&source.read_from, e))?;
+                p.tree(&source.read_from, &source.name, &md)?;
+            } else {
+                p.file(&source.read_from, &source.name, true)?;
+            }
+        }
+        p.flush_chunk()?;
+        let summary = Summary {
+            header: plan.header.clone(),
+            files: p.files,
+            bytes: p.bytes,
+            chunks: p.chunks,
+        };
+        p.json(manifest::SUMMARY, &summary)?;
+        let buffered = p.tar.into_inner().map_err(write_err)?;
+        let gz = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
+        gz.finish().map_err(write_err)?.finish().map_err(write_err)
+    }
+
+    fn set_level(&mut self, level: Level) -> Result<(), ArchiveError> {
+        let w = self.tar.get_mut();
+        w.flush().map_err(write_err)?;
+        w.get_mut().set_level(level).map_err(write_err)
+    }
+
+    /// One regular file. `required`: a file the backup cannot be without (signing key, database),
+    /// versus one of many media files that may be deleted while we walk.
+    fn file(&mut self, path: &Path, name: &str, required: bool) -> Result<(), ArchiveError> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!("{} disappeared while backing up; skipped", path.display());
+                return Ok(());
+            }
+            Err(e) => return Err(read_err(path, e)),
+        };
+        let md = file.metadata().map_err(|e| read_err(path, e))?;
+        if !md.is_file() {
+            return Err(read_err(path, io::Error::other("not a regular file")));
+        }
+        let size = md.len();
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&md, HeaderMode::Complete);
+        header.set_size(size);
+        let peeked =
+            read_full(&mut file, &mut self.peek[..(size.min(PEEK as u64) as usize)]).map_err(|e| read_err(path, e))?;
+        if size >= SWITCH_MIN {
+            let level = if looks_compressed(&self.peek[..peeked]) {
+                Level::Store
+            } else {
+                Level::Fast
+            };
+            self.set_level(level)?;
+        }
+        let mut reader = Hashing::new(Cursor::new(&self.peek[..peeked]).chain(file.take(size - peeked as u64)));
+        self.tar
+            .append_data(&mut header, name, &mut reader)
+            .map_err(write_err)?;
+        if reader.len != size {
+            return Err(read_err(
+                path,
+                io::Error::other("the file changed size while it was being backed up"),
+            ));
+        }
+        self.record(FileRecord {
+            path: name.to_string(),
+            size,
+            sha256: reader.hex(),
+        })
+    }
+
+    fn tree(&mut self, dir: &Path, name: &str, md: &fs::Metadata) -> Result<(), ArchiveError> {
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(md, HeaderMode::Complete);
+        header.set_entry_type(EntryType::Directory);
+        header.set_size(0);
+        self.tar
+            .append_data(&mut header, name, io::empty())
+            .map_err(write_err)?;
+        let mut children: Vec<_> = fs::read_dir(dir)
+            .map_err(|e| read_err(dir, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        children.sort();
+        for child in children {
+            let path = dir.join(&child);
+            let child_name = format!("{name}/{}", child.to_string_lossy());
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(&path, e)),
+            };
+            let kind = md.file_type();
+            if kind.is_dir() {
+                self.tree(&path, &child_name, &md)?;
+            } else if kind.is_file() {
+                self.file(&path, &child_name, false)?;
+            } else if kind.is_symlink() {
+                let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&md, HeaderMode::Complete);
+                header.set_entry_type(EntryType::Symlink);
+                header.set_size(0);
+                self.tar
+                    .append_link(&mut header, &child_name, &target)
+                    .map_err(write_err)?;
+            } else {
+                tracing::warn!("{} is not a file, directory or link; skipped", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
+        self.files += 1;
+        self.bytes += rec.size;
+        self.counters.files.store(self.files, Ordering::Relaxed);
+        self.counters.bytes.store(self.bytes, Ordering::Relaxed);
+        self.chunk.push(rec);
+        if self.chunk.len() >= manifest::CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self) -> Result<(), ArchiveError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        self.chunks += 1;
+        let chunk = FileChunk {
+            files: std::mem::take(&mut self.chunk),
+        };
+        let name = format!("{}{:06}.json", manifest::FILES_PREFIX, self.chunks);
+        self.json(&name, &chunk)
+    }
+
+    fn json(&mut self, file: &str, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
+        let body = serde_json::to_vec_pretty(value).map_err(|e| write_err(io::Error::other(e)))?;
+        if body.len() as u64 >= SWITCH_MIN {
+            self.set_level(Level::Fast)?;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_uid(self.owner.0);
+        header.set_gid(self.owner.1);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        header.set_size(body.len() as u64);
+        let name = format!("{}/{file}", self.manifest_dir);
+        self.tar.append_data(&mut header, name, &body[..]).map_err(write_err)
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_err(path: &Path, e: io::Error) -> ArchiveError {
+    ArchiveError::io(format!("cannot read {}", path.display()), e)
+}
+
+fn write_err(e: io::Error) -> ArchiveError {
+    ArchiveError::io("writing the archive stream", e)
+}
+
+/// Counts and hashes what passes through.
+pub(super) struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+    pub len: u64,
+}
+
+impl<R> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.sha.finalize())
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}

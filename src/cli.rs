@@ -1,0 +1,303 @@
+//! The operator's CLI: the same commands as the charm's actions, for Synapse run without Juju
+//! (systemd timers, Kubernetes CronJobs). Same archive format, same store layout.
+//!
+//! The passphrase never comes from argv (other users can read a process's arguments): it is read
+//! from `--passphrase-file` or the `SYNAPSE_BACKUP_PASSPHRASE` environment variable.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::backup_id::BackupId;
+use crate::commands::{self, Create, Restore, Verify};
+use crate::error::Error;
+use crate::progress::{Progress, ProgressSink, Throttled};
+use crate::secret::Passphrase;
+use crate::store::dir::DirStore;
+use crate::store::{ObjectInfo, ObjectStore};
+use crate::synapse::config::parse_path_list;
+use crate::synapse::service::{NoService, ServiceControl};
+use crate::synapse::SynapseConfig;
+use crate::units::{human_bytes, rfc3339};
+
+pub const PASSPHRASE_ENV: &str = "SYNAPSE_BACKUP_PASSPHRASE";
+
+#[derive(Parser, Debug)]
+#[command(name = "synapse-backup", version, about = "Back up and restore a Synapse homeserver")]
+pub struct Cli {
+    /// Synapse's config: files or directories, comma-separated, read as Synapse reads `-c`
+    #[arg(long, global = true, env = "SYNAPSE_CONFIG", default_value = "/data/homeserver.yaml")]
+    pub synapse_config: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File holding the backup passphrase (or set SYNAPSE_BACKUP_PASSPHRASE)
+    #[arg(long, global = true, env = "SYNAPSE_BACKUP_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Print results as JSON, for scripts
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress lines on stderr
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where backups are kept.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// A local directory to keep backups in
+    #[arg(long, global = true, env = "SYNAPSE_BACKUP_STORE")]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn open(&self) -> Result<Box<dyn ObjectStore>, Error> {
+        match &self.store {
+            Some(dir) => Ok(Box::new(DirStore::open(dir)?)),
+            None => Err(Error::Usage("say where backups are kept: --store DIR".into())),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a backup now
+    Create,
+    /// List the backups in the store
+    List,
+    /// Restore a backup onto this Synapse (stops and starts it with --service)
+    Restore {
+        backup_id: String,
+        /// Restore even if the backup is of another server_name
+        #[arg(long)]
+        force: bool,
+    },
+    /// Read a whole backup and check its integrity and every file's hash; writes nothing
+    Verify { backup_id: String },
+    /// Delete a backup
+    Delete { backup_id: String },
+}
+
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                println!("{}", json!({ "error": e.to_string() }));
+            }
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNAPSE_BACKUP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Progress lines on stderr every few seconds.
+struct Stderr;
+
+impl ProgressSink for Stderr {
+    fn report(&self, p: &Progress) {
+        let _ = writeln!(std::io::stderr(), "{}", p.line());
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Error> {
+    let progress: Box<dyn ProgressSink> = if cli.quiet {
+        Box::new(crate::progress::Quiet)
+    } else {
+        Box::new(Throttled::new(Stderr, Duration::from_secs(2)))
+    };
+    let store = cli.store.open()?;
+    let store = store.as_ref();
+    match &cli.command {
+        Command::Create => {
+            let synapse = load_synapse(cli)?;
+            let passphrase = read_passphrase(cli)?;
+            let r = Create {
+                synapse: &synapse,
+                passphrase: &passphrase,
+                store,
+            }
+            .run(progress.as_ref())?;
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
+            print(
+                cli,
+                json!({
+                    "backup-id": r.id.to_string(), "size": r.stored_bytes, "files": r.files,
+                    "source-bytes": r.source_bytes, "server-name": r.server_name, "database": r.database,
+                    "notes": r.notes, "seconds": r.elapsed.as_secs_f64(),
+                }),
+                || {
+                    format!(
+                        "{}\n{} files, {} in, {} stored, in {:.1}s",
+                        r.id,
+                        r.files,
+                        human_bytes(r.source_bytes),
+                        human_bytes(r.stored_bytes),
+                        r.elapsed.as_secs_f64()
+                    )
+                },
+            );
+        }
+        Command::List => {
+            let list = commands::list::run(store)?;
+            print(cli, json!(list.iter().map(info_json).collect::<Vec<_>>()), || {
+                format_table(&list)
+            });
+        }
+        Command::Restore { backup_id, force } => {
+            let id: BackupId = backup_id.parse()?;
+            let synapse = load_synapse(cli)?;
+            let passphrase = read_passphrase(cli)?;
+            let service: Box<dyn ServiceControl> = Box::new(NoService);
+            let r = Restore {
+                id: &id,
+                synapse: &synapse,
+                passphrase: &passphrase,
+                store,
+                service: service.as_ref(),
+                force: *force,
+            }
+            .run(progress.as_ref())?;
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
+            print(
+                cli,
+                json!({ "backup-id": r.id.to_string(), "files": r.files, "bytes": r.bytes, "seconds": r.elapsed.as_secs_f64() }),
+                || format!("restored {}: {} files, {}", r.id, r.files, human_bytes(r.bytes)),
+            );
+        }
+        Command::Verify { backup_id } => {
+            let id: BackupId = backup_id.parse()?;
+            let passphrase = read_passphrase(cli)?;
+            let r = Verify {
+                id: &id,
+                passphrase: &passphrase,
+                store,
+            }
+            .run(progress.as_ref())?;
+            print(
+                cli,
+                json!({
+                    "backup-id": r.id.to_string(), "files": r.files, "bytes": r.bytes,
+                    "server-name": r.server_name, "manifest-checked": r.manifest_checked,
+                }),
+                || {
+                    let how = if r.manifest_checked {
+                        "every file matches the manifest"
+                    } else {
+                        "no manifest: OpenPGP integrity only"
+                    };
+                    format!("{} is good: {} files, {} ({how})", r.id, r.files, human_bytes(r.bytes))
+                },
+            );
+        }
+        Command::Delete { backup_id } => {
+            let id: BackupId = backup_id.parse()?;
+            commands::delete::run(store, &id)?;
+            print(cli, json!({ "backup-id": id.to_string(), "deleted": true }), || {
+                format!("deleted {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn print(cli: &Cli, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if cli.json {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn load_synapse(cli: &Cli) -> Result<SynapseConfig, Error> {
+    Ok(SynapseConfig::load(&parse_path_list(&cli.synapse_config))?)
+}
+
+fn read_passphrase(cli: &Cli) -> Result<Passphrase, Error> {
+    let value = if let Some(path) = &cli.passphrase_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("cannot read the passphrase file {}: {e}", path.display())))?;
+        // a trailing newline is the editor's, not the passphrase's (gpg --passphrase-file reads one line)
+        text.lines().next().unwrap_or_default().to_string()
+    } else if let Ok(v) = std::env::var(PASSPHRASE_ENV) {
+        v
+    } else {
+        return Err(Error::Usage(format!(
+            "no passphrase: give --passphrase-file FILE or set {PASSPHRASE_ENV}"
+        )));
+    };
+    if value.is_empty() {
+        return Err(Error::Usage("the passphrase is empty".into()));
+    }
+    Ok(Passphrase::new(value))
+}
+
+pub fn info_json(b: &ObjectInfo) -> serde_json::Value {
+    json!({
+        "backup-id": b.id.to_string(),
+        "size": b.size,
+        "last-modified": rfc3339(b.last_modified),
+        "server-name": b.meta.server_name,
+        "created-at": b.meta.created_at,
+        "format": b.meta.format,
+    })
+}
+
+/// The aligned table both the CLI and `list-backups` show.
+pub fn format_table(list: &[ObjectInfo]) -> String {
+    let rows: Vec<[String; 4]> = list
+        .iter()
+        .map(|b| {
+            [
+                b.id.to_string(),
+                rfc3339(b.last_modified),
+                human_bytes(b.size),
+                b.meta.server_name.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let head = ["backup-id", "last-modified", "size", "server-name"].map(String::from);
+    let mut widths = head.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |r: &[String; 4]| {
+        format!(
+            "{:<w0$} | {:<w1$} | {:>w2$} | {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+        .trim_end()
+        .to_string()
+    };
+    let mut out = vec![line(&head)];
+    out.extend(rows.iter().map(line));
+    out.join("\n")
+}

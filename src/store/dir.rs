@@ -1,0 +1,230 @@
+//! A local directory as a store: `<dir>/<backup-id>` per backup, with its metadata in a hidden
+//! sidecar (`.<backup-id>.meta.json`). For NFS mounts, air-gapped sites and the quick start.
+//! An upload goes to a hidden `.partial` file and is renamed into place only once complete and
+//! synced, so a crash never leaves something that lists as a backup.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
+use crate::backup_id::BackupId;
+
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// Opens (and creates, mode 0700) the directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        if !root.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| StoreError::io(format!("cannot create {}", root.display()), e))?;
+        }
+        Ok(DirStore { root })
+    }
+
+    fn object(&self, id: &BackupId) -> PathBuf {
+        self.root.join(id.as_str())
+    }
+
+    fn sidecar(&self, id: &BackupId) -> PathBuf {
+        self.root.join(format!(".{id}.meta.json"))
+    }
+
+    fn info(&self, id: BackupId) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.object(&id);
+        let md = match fs::metadata(&path) {
+            Ok(md) if md.is_file() => md,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        };
+        let meta = fs::read(self.sidecar(&id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(Some(ObjectInfo {
+            id,
+            size: md.len(),
+            last_modified: md.modified().unwrap_or(std::time::UNIX_EPOCH),
+            meta,
+        }))
+    }
+}
+
+impl ObjectStore for DirStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        fs::read_dir(&self.root)
+            .map(drop)
+            .map_err(|e| StoreError::io(format!("cannot read {}", self.root.display()), e))
+    }
+
+    fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let entries =
+            fs::read_dir(&self.root).map_err(|e| StoreError::io(format!("cannot read {}", self.root.display()), e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("cannot list the store", e))?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<BackupId>().ok()) else {
+                continue;
+            };
+            if let Some(info) = self.info(id)? {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn head(&self, id: &BackupId) -> Result<Option<ObjectInfo>, StoreError> {
+        self.info(id.clone())
+    }
+
+    fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError> {
+        let partial = self.root.join(format!(".{id}.partial"));
+        let file = create_private(&partial)?;
+        Ok(Box::new(DirUpload {
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            partial,
+            target: self.object(id),
+            sidecar: self.sidecar(id),
+            meta: meta.clone(),
+            written: 0,
+        }))
+    }
+
+    fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
+        match File::open(self.object(id)) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(id.clone())),
+            Err(e) => Err(StoreError::io(format!("cannot open {id}"), e)),
+        }
+    }
+
+    fn delete(&self, id: &BackupId) -> Result<(), StoreError> {
+        match fs::remove_file(self.object(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(id.clone())),
+            Err(e) => return Err(StoreError::io(format!("cannot delete {id}"), e)),
+        }
+        let _ = fs::remove_file(self.sidecar(id));
+        Ok(())
+    }
+}
+
+fn create_private(path: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("cannot create {}", path.display()), e))
+}
+
+struct DirUpload {
+    file: Option<BufWriter<File>>,
+    partial: PathBuf,
+    target: PathBuf,
+    sidecar: PathBuf,
+    meta: ObjectMeta,
+    written: u64,
+}
+
+impl Write for DirUpload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let n = file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl Upload for DirUpload {
+    fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
+        let Some(file) = self.file.take() else {
+            return Err(StoreError::Other("upload already finished".into()));
+        };
+        let file = file
+            .into_inner()
+            .map_err(|e| StoreError::io("cannot write the backup", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("cannot write the backup", e))?;
+        let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut side = create_private(&self.sidecar)?;
+        side.write_all(&meta)
+            .map_err(|e| StoreError::io("cannot write the backup's metadata", e))?;
+        fs::rename(&self.partial, &self.target)
+            .map_err(|e| StoreError::io(format!("cannot move the backup into {}", self.target.display()), e))?;
+        if let Some(dir) = self.target.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(self.written)
+    }
+}
+
+impl Drop for DirUpload {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_upload_is_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let id = BackupId::now();
+        let mut up = store.put(&id, &ObjectMeta::default()).unwrap();
+        up.write_all(b"half").unwrap();
+        drop(up);
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn lists_backups_only_with_their_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let id = BackupId::now();
+        let meta = ObjectMeta {
+            server_name: Some("example.com".into()),
+            ..Default::default()
+        };
+        let mut up = store.put(&id, &meta).unwrap();
+        up.write_all(b"12345").unwrap();
+        assert_eq!(up.finish().unwrap(), 5);
+        let list = store.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].id.clone(), list[0].size, list[0].meta.clone()),
+            (id.clone(), 5, meta)
+        );
+        store.delete(&id).unwrap();
+        assert!(matches!(store.delete(&id), Err(StoreError::NotFound(_))));
+    }
+}

@@ -1,0 +1,92 @@
+//! Where backups live. Every store keeps one object per backup, named by its [`BackupId`], under an
+//! optional prefix, so a bucket written by the reference charm (`<path>/backup-…`) lists here too.
+//! The archive pipeline only sees [`ObjectStore`]: a streaming writer for uploads and a streaming
+//! reader for downloads, never a whole object in memory.
+
+pub mod dir;
+pub mod s3;
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use crate::backup_id::BackupId;
+
+/// Small facts about a backup kept beside the object (S3 `x-amz-meta-*`, a sidecar file in a
+/// directory store), so a listing can say what each backup is without downloading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectMeta {
+    pub format: Option<u32>,
+    pub server_name: Option<String>,
+    pub tool_version: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: Option<String>,
+}
+
+/// One backup as a listing or a `head` sees it.
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    pub id: BackupId,
+    /// Bytes stored (the encrypted object).
+    pub size: u64,
+    pub last_modified: SystemTime,
+    pub meta: ObjectMeta,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("backup-id {0} does not exist")]
+    NotFound(BackupId),
+    #[error("the bucket {0} does not exist")]
+    BucketMissing(String),
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("the object store cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// An upload in progress. Bytes written are not visible under the backup's id until
+/// [`Upload::finish`] succeeds; dropping an unfinished upload discards it (no partial object is
+/// ever listed).
+pub trait Upload: Write + Send + Sync {
+    /// Make the object visible; returns the bytes stored.
+    fn finish(self: Box<Self>) -> Result<u64, StoreError>;
+}
+
+pub trait ObjectStore: Send + Sync {
+    /// Where the backups are, for messages: `s3://bucket/path` or a directory.
+    fn location(&self) -> String;
+    /// Is the store usable (the bucket exists and the credentials open it)?
+    fn check(&self) -> Result<(), StoreError>;
+    /// Every backup under the prefix (other objects are not backups and are left out), oldest first.
+    fn list(&self) -> Result<Vec<ObjectInfo>, StoreError>;
+    fn head(&self, id: &BackupId) -> Result<Option<ObjectInfo>, StoreError>;
+    fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError>;
+    fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError>;
+    fn delete(&self, id: &BackupId) -> Result<(), StoreError>;
+}
+
+impl fmt::Debug for dyn ObjectStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectStore({})", self.location())
+    }
+}

@@ -1,0 +1,172 @@
+//! Shared by the integration tests: fixture trees made by `synapse-fixture.py`, the real binary,
+//! real gpg, digests of what a backup must carry.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_synapse-backup")
+}
+
+/// `../shared` beside the repository (where CI and developers have it).
+pub fn shared() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for candidate in [root.join("../shared"), root.join("shared")] {
+        if candidate.join("tools/synapse-fixture.py").is_file() {
+            return candidate;
+        }
+    }
+    panic!("synapse-fixture.py not found: the shared/ folder must sit beside the repository (../shared)");
+}
+
+/// A fixture Synapse tree (`homeserver.yaml`, signing key, SQLite database, media store).
+pub fn fixture(dir: &Path, size: &str, profile: &str) -> PathBuf {
+    let out = Command::new("python3")
+        .arg(shared().join("tools/synapse-fixture.py"))
+        .args(["make"])
+        .arg(dir)
+        .args(["--size", size, "--profile", profile, "--events", "2000"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "fixture: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("homeserver.yaml")
+}
+
+/// sha256 → path for every file the fixture tool's `digest` lists.
+pub fn digest(dir: &Path) -> String {
+    let out = Command::new("python3")
+        .arg(shared().join("tools/synapse-fixture.py"))
+        .arg("digest")
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a backup must carry, compared as a user would: every file's bytes, except the SQLite
+/// database, whose content is compared by `.dump` (a snapshot rewrites its header's counters).
+pub fn backed_up_state(dir: &Path) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for line in digest(dir).lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (sha, _size, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let carried = path.ends_with(".signing.key")
+            || path.starts_with("media_store/local_content/")
+            || path.starts_with("media_store/local_thumbnails/");
+        if carried {
+            state.insert(path.to_string(), sha.to_string());
+        }
+    }
+    state.insert("homeserver.db (dump)".into(), sqlite_dump(&dir.join("homeserver.db")));
+    state
+}
+
+pub fn sqlite_dump(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs the CLI with the passphrase in the environment (never in argv).
+pub fn cli(config: &Path, store: &Path, args: &[&str]) -> Run {
+    cli_with(config, store, args, PASSPHRASE)
+}
+
+pub fn cli_with(config: &Path, store: &Path, args: &[&str], passphrase: &str) -> Run {
+    Command::new(bin())
+        .arg("--synapse-config")
+        .arg(config)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("SYNAPSE_BACKUP_PASSPHRASE", passphrase)
+        .env_remove("SYNAPSE_BACKUP_PASSPHRASE_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs")
+        .into()
+}
+
+/// The one backup id in a store directory.
+pub fn only_backup(store: &Path) -> String {
+    let ids: Vec<String> = std::fs::read_dir(store)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("backup-"))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
+}
+
+/// gpg in batch mode with its own home, the passphrase from a file (a test's secret).
+pub fn gpg(home: &Path, passphrase: &str, args: &[&str]) -> Command {
+    std::fs::create_dir_all(home).unwrap();
+    let mut perms = std::fs::metadata(home).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
+    std::fs::set_permissions(home, perms).unwrap();
+    let pass = home.join("passphrase");
+    std::fs::write(&pass, passphrase).unwrap();
+    let mut cmd = Command::new("gpg");
+    cmd.env("GNUPGHOME", home)
+        .args([
+            "--batch",
+            "--yes",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-file",
+        ])
+        .arg(&pass)
+        .args(args);
+    cmd
+}
+
+/// Runs a shell pipeline (for stock-tool interoperability checks).
+pub fn sh(script: &str) -> Run {
+    Command::new("bash")
+        .args(["-o", "pipefail", "-c", script])
+        .output()
+        .expect("bash runs")
+        .into()
+}
+
+/// Removes what a restore puts back (signing key, database, local media), as after a disk loss.
+pub fn wipe(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("example.com.signing.key"));
+    let _ = std::fs::remove_file(dir.join("homeserver.db"));
+    let _ = std::fs::remove_dir_all(dir.join("media_store/local_content"));
+    let _ = std::fs::remove_dir_all(dir.join("media_store/local_thumbnails"));
+}

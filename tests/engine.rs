@@ -1,0 +1,378 @@
+//! The engine through the CLI and a local-directory store: what an operator would check.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn setup(size: &str, profile: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = fixture(&data, size, profile);
+    let store = tmp.path().join("store");
+    (tmp, config, store)
+}
+
+#[test]
+fn round_trip_restores_every_file() {
+    let (tmp, config, store) = setup("6M", "small");
+    let data = tmp.path().join("data");
+    let before = backed_up_state(&data);
+
+    let made = cli(&config, &store, &["--json", "create"]);
+    assert!(made.ok, "{}", made.stderr);
+    let report: serde_json::Value = serde_json::from_str(&made.stdout).unwrap();
+    let id = report["backup-id"].as_str().unwrap().to_string();
+    assert_eq!(report["server-name"], "example.com");
+    assert!(report["files"].as_u64().unwrap() > 50);
+
+    let listed = cli(&config, &store, &["list"]);
+    assert!(
+        listed.ok && listed.stdout.contains(&id) && listed.stdout.contains("example.com"),
+        "{}",
+        listed.stdout
+    );
+    let verified = cli(&config, &store, &["verify", &id]);
+    assert!(
+        verified.ok && verified.stdout.contains("every file matches the manifest"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
+
+    wipe(&data);
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert_eq!(backed_up_state(&data), before);
+    // the remote-media cache was not in the backup and was left alone
+    assert!(data.join("media_store/remote_content").is_dir());
+    // nothing left behind by staging
+    let leftovers: Vec<_> = fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("synapse-backup-restore"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let deleted = cli(&config, &store, &["delete", &id]);
+    assert!(deleted.ok);
+    let again = cli(&config, &store, &["delete", &id]);
+    assert!(!again.ok && again.stderr.contains("does not exist"), "{}", again.stderr);
+}
+
+#[test]
+fn restore_over_live_data_replaces_it() {
+    let (tmp, config, store) = setup("4M", "small");
+    let data = tmp.path().join("data");
+    let before = backed_up_state(&data);
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    // the server moves on: new media, a changed key, a new database row
+    fs::write(
+        data.join("media_store/local_content/zz-new"),
+        "uploaded after the backup",
+    )
+    .unwrap();
+    fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
+    assert!(
+        sh(&format!(
+            "sqlite3 {} \"INSERT INTO rooms VALUES('!new:example.com','@u:example.com')\"",
+            data.join("homeserver.db").display()
+        ))
+        .ok
+    );
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert_eq!(backed_up_state(&data), before);
+    assert!(!data.join("media_store/local_content/zz-new").exists());
+}
+
+#[test]
+fn stock_gpg_and_tar_read_our_backups() {
+    let (tmp, config, store) = setup("4M", "mixed");
+    let data = tmp.path().join("data");
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let out = tmp.path().join("extracted");
+    fs::create_dir_all(&out).unwrap();
+    let gpg_home = tmp.path().join("gnupg");
+    let decrypted = tmp.path().join("plain.tar.gz");
+    let status = gpg(&gpg_home, PASSPHRASE, &["--decrypt", "--output"])
+        .arg(&decrypted)
+        .arg(store.join(&id))
+        .status()
+        .unwrap();
+    assert!(status.success(), "gpg --decrypt failed");
+    let untar = sh(&format!("tar -xzf {} -C {}", decrypted.display(), out.display()));
+    assert!(untar.ok, "{}", untar.stderr);
+    // entry names are the absolute paths without the leading '/'
+    let extracted = out.join(data.strip_prefix("/").unwrap());
+    for line in digest(&data).lines() {
+        let path = line.splitn(3, ' ').nth(2).unwrap();
+        let carried = path.ends_with(".signing.key") || path.starts_with("media_store/local_");
+        if carried {
+            assert_eq!(
+                fs::read(data.join(path)).unwrap(),
+                fs::read(extracted.join(path)).unwrap(),
+                "{path}"
+            );
+        }
+    }
+    assert!(!extracted.join("media_store/remote_content").exists());
+    assert!(!extracted.join("media_store/url_cache").exists());
+    assert_eq!(
+        sqlite_dump(&extracted.join("homeserver.db")),
+        sqlite_dump(&data.join("homeserver.db"))
+    );
+    assert!(extracted.join(".synapse-backup/manifest.json").is_file());
+}
+
+#[test]
+fn restores_a_reference_charm_backup() {
+    // The reference charm: tar -c /data/*.key /data/homeserver.db* /data/media/local_* | gpg --symmetric
+    let (tmp, config, store) = setup("4M", "small");
+    let data = tmp.path().join("data");
+    let before = backed_up_state(&data);
+    fs::create_dir_all(&store).unwrap();
+    let id = "backup-20240206153012123456";
+    let tarball = tmp.path().join("reference.tar");
+    let made = sh(&format!(
+        "cd / && tar -cf {tar} {d}/*.key {d}/homeserver.db* {d}/media_store/local_*",
+        tar = tarball.display(),
+        d = data.display()
+    ));
+    assert!(made.ok, "{}", made.stderr);
+    let status = gpg(&tmp.path().join("gnupg"), PASSPHRASE, &["--symmetric", "--output"])
+        .arg(store.join(id))
+        .arg(&tarball)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let listed = cli(&config, &store, &["list"]);
+    assert!(listed.stdout.contains(id), "{}", listed.stdout);
+    let verified = cli(&config, &store, &["verify", id]);
+    assert!(
+        verified.ok && verified.stdout.contains("no manifest"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
+    wipe(&data);
+    let restored = cli(&config, &store, &["restore", id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert_eq!(backed_up_state(&data), before);
+}
+
+#[test]
+fn snapshot_under_a_live_writer_is_consistent() {
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    let mut churn = Command::new("python3")
+        .arg(shared().join("tools/synapse-fixture.py"))
+        .args(["churn"])
+        .arg(&data)
+        .args(["--seconds", "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let made = cli(&config, &store, &["create"]);
+    let churned = churn.wait_with_output().unwrap();
+    assert!(made.ok, "{}", made.stderr);
+    let writes: u64 = String::from_utf8_lossy(&churned.stdout).trim().parse().unwrap();
+    assert!(writes > 0);
+
+    let id = only_backup(&store);
+    let out = tmp.path().join("x");
+    fs::create_dir_all(&out).unwrap();
+    let plain = tmp.path().join("p.tgz");
+    assert!(gpg(&tmp.path().join("g"), PASSPHRASE, &["-d", "-o"])
+        .arg(&plain)
+        .arg(store.join(&id))
+        .status()
+        .unwrap()
+        .success());
+    assert!(sh(&format!("tar -xzf {} -C {}", plain.display(), out.display())).ok);
+    let db = out.join(data.strip_prefix("/").unwrap()).join("homeserver.db");
+    let check = sh(&format!("sqlite3 {} 'PRAGMA integrity_check'", db.display()));
+    assert_eq!(check.stdout.trim(), "ok");
+    // every churn transaction inserts one event and bumps one counter: a consistent copy agrees
+    let q = sh(&format!(
+        "sqlite3 {} \"SELECT (SELECT count(*) FROM events WHERE event_id LIKE '\\$churn%'), creation_ts FROM users WHERE name='@user0:example.com'\"",
+        db.display()
+    ));
+    let nums: Vec<u64> = q.stdout.trim().split('|').map(|n| n.parse().unwrap()).collect();
+    assert_eq!(nums[0], nums[1], "events and counter disagree: {}", q.stdout);
+    assert!(nums[0] > 0, "the snapshot should hold some of the live writes");
+    assert!(!db.with_file_name("homeserver.db-wal").exists());
+}
+
+fn assert_untouched(data: &Path, before: &str, run: &Run, expect: &str) {
+    assert!(!run.ok, "should have failed");
+    assert!(
+        run.stderr.to_lowercase().contains(expect),
+        "expected {expect:?} in: {}",
+        run.stderr
+    );
+    assert_eq!(digest(data), before, "the data tree changed");
+    let leftovers: Vec<_> = walk(data)
+        .into_iter()
+        .filter(|p| p.contains("synapse-backup-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_objects_fail_clearly_and_touch_nothing() {
+    let (tmp, config, store) = setup("3M", "small");
+    let data = tmp.path().join("data");
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let before = digest(&data);
+    let object = store.join(&id);
+    let good = fs::read(&object).unwrap();
+
+    let wrong = cli_with(&config, &store, &["restore", &id], "not the passphrase");
+    assert_untouched(&data, &before, &wrong, "wrong passphrase");
+
+    fs::write(&object, &good[..good.len() / 2]).unwrap();
+    assert_untouched(&data, &before, &cli(&config, &store, &["restore", &id]), "damaged");
+    assert!(!cli(&config, &store, &["verify", &id]).ok);
+
+    fs::write(&object, &good[..good.len() - 10]).unwrap();
+    assert_untouched(&data, &before, &cli(&config, &store, &["restore", &id]), "damaged");
+
+    let mut flipped = good.clone();
+    let at = flipped.len() * 2 / 3;
+    flipped[at] ^= 0x40;
+    fs::write(&object, &flipped).unwrap();
+    assert_untouched(&data, &before, &cli(&config, &store, &["restore", &id]), "damaged");
+    let verify = cli(&config, &store, &["verify", &id]);
+    assert!(!verify.ok && verify.stderr.contains("damaged"), "{}", verify.stderr);
+
+    fs::write(&object, &good).unwrap();
+    let missing = cli(&config, &store, &["restore", "backup-20200101000000000000"]);
+    assert_untouched(&data, &before, &missing, "does not exist");
+}
+
+/// An archive made with Python's tarfile (which writes whatever names it is given), encrypted with gpg.
+fn hostile_backup(tmp: &Path, store: &Path, script: &str) -> String {
+    let tarball = tmp.join("hostile.tar");
+    let py = format!("import tarfile, io\nt = tarfile.open({:?}, 'w')\ndef add(name, data=b'x', kind=tarfile.REGTYPE, link=''):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n{script}\nt.close()\n", tarball.display().to_string());
+    let out = Command::new("python3").arg("-c").arg(py).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::create_dir_all(store).unwrap();
+    let id = "backup-20250101000000000000".to_string();
+    let _ = fs::remove_file(store.join(&id));
+    assert!(gpg(&tmp.join("g"), PASSPHRASE, &["--symmetric", "-o"])
+        .arg(store.join(&id))
+        .arg(&tarball)
+        .status()
+        .unwrap()
+        .success());
+    id
+}
+
+#[test]
+fn hostile_archives_write_nothing_outside() {
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    let before = digest(&data);
+    let rel = data.strip_prefix("/").unwrap().display().to_string();
+    let outside = tmp.path().join("outside");
+    let cases = [
+        (format!("add('{rel}/media_store/local_content/../../../outside')"), "'..'"),
+        (format!("add('{}')", outside.display()), "absolute"),
+        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='../../../..')\nadd('{rel}/media_store/local_content/ab/outside')"), "link pointing out"),
+        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='{}')", tmp.path().display()), "link pointing out"),
+        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.CHRTYPE)"), "never restored"),
+        (format!("add('{rel}/example.com.signing.key', kind=tarfile.SYMTYPE, link='/etc/shadow')"), "regular files"),
+    ];
+    for (script, expect) in cases {
+        let id = hostile_backup(tmp.path(), &store, &script);
+        let run = cli(&config, &store, &["restore", &id]);
+        assert_untouched(&data, &before, &run, expect);
+        assert!(!outside.exists(), "{script}");
+    }
+}
+
+#[test]
+fn another_servers_backup_is_refused_unless_forced() {
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("server_name: \"example.com\"", "server_name: \"other.org\"");
+    fs::write(&config, text).unwrap();
+    let before = digest(&data);
+    let refused = cli(&config, &store, &["restore", &id]);
+    assert_untouched(&data, &before, &refused, "other.org");
+    let forced = cli(&config, &store, &["restore", "--force", &id]);
+    assert!(forced.ok, "{}", forced.stderr);
+}
+
+#[test]
+fn postgres_servers_get_key_and_media_and_a_note() {
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    let text = fs::read_to_string(&config).unwrap();
+    let head = text.split("database:").next().unwrap().to_string();
+    fs::write(
+        &config,
+        format!("{head}database:\n  name: psycopg2\n  args:\n    user: synapse\n    host: db\n"),
+    )
+    .unwrap();
+    let made = cli(&config, &store, &["--json", "create"]);
+    assert!(made.ok, "{}", made.stderr);
+    assert!(made.stderr.contains("PostgreSQL's own tools"), "{}", made.stderr);
+    let report: serde_json::Value = serde_json::from_str(&made.stdout).unwrap();
+    assert_eq!(report["database"], "psycopg2");
+    let db_before = fs::read(data.join("homeserver.db")).unwrap();
+    let id = only_backup(&store);
+    fs::remove_file(data.join("example.com.signing.key")).unwrap();
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert!(data.join("example.com.signing.key").is_file());
+    assert_eq!(
+        fs::read(data.join("homeserver.db")).unwrap(),
+        db_before,
+        "a PostgreSQL server's stray SQLite file is not ours to touch"
+    );
+}
+
+#[test]
+fn the_passphrase_never_reaches_argv_or_output() {
+    let (_tmp, config, store) = setup("1M", "small");
+    let run = cli(&config, &store, &["create"]);
+    assert!(run.ok);
+    assert!(!run.stdout.contains(PASSPHRASE) && !run.stderr.contains(PASSPHRASE));
+    let none = Command::new(bin())
+        .args(["--store"])
+        .arg(&store)
+        .arg("--synapse-config")
+        .arg(&config)
+        .arg("create")
+        .env_remove("SYNAPSE_BACKUP_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no passphrase"));
+}
