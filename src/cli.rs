@@ -13,14 +13,14 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::backup_id::BackupId;
-use crate::commands::{self, Create, Restore, Verify};
+use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
 use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};
 use crate::secret::Passphrase;
 use crate::store::dir::DirStore;
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::synapse::config::parse_path_list;
-use crate::synapse::service::{NoService, ServiceControl};
+use crate::synapse::service::{self, ServiceSpec};
 use crate::synapse::SynapseConfig;
 use crate::units::{human_bytes, rfc3339};
 
@@ -64,10 +64,34 @@ impl StoreArgs {
     }
 }
 
+/// Retention: which backups `prune` (and `create`, once its backup is made) deletes.
+#[derive(Args, Debug, Clone)]
+pub struct RetentionArgs {
+    /// Keep only the newest N backups (0 = no limit)
+    #[arg(long, value_name = "N", env = "SYNAPSE_BACKUP_KEEP_LAST", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Delete backups made more than N days ago (the newest backup is always kept)
+    #[arg(long, value_name = "N", env = "SYNAPSE_BACKUP_OLDER_THAN_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub older_than_days: Option<u32>,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep_last: self.keep_last,
+            older_than_days: self.older_than_days,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Make a backup now
-    Create,
+    /// Make a backup now (then prune, with --keep-last or --older-than-days)
+    Create {
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
     /// List the backups in the store
     List,
     /// Restore a backup onto this Synapse (stops and starts it with --service)
@@ -76,6 +100,18 @@ pub enum Command {
         /// Restore even if the backup is of another server_name
         #[arg(long)]
         force: bool,
+        /// How to stop Synapse during the restore and start it after:
+        /// pebble:<service>[@<socket>], systemd:<unit> or none (Synapse already stopped)
+        #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
+        service: ServiceSpec,
+    },
+    /// Delete the backups the retention policy says have expired (never the newest)
+    Prune {
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Say what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Read a whole backup and check its integrity and every file's hash; writes nothing
     Verify { backup_id: String },
@@ -125,7 +161,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
     let store = cli.store.open()?;
     let store = store.as_ref();
     match &cli.command {
-        Command::Create => {
+        Command::Create { retention } => {
             let synapse = load_synapse(cli)?;
             let passphrase = read_passphrase(cli)?;
             let r = Create {
@@ -134,7 +170,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 store,
             }
             .run(progress.as_ref())?;
-            for note in &r.notes {
+            let mut notes = r.notes.clone();
+            // the backup is made: a pruning failure is worth a note, not a failed backup
+            let pruned = match commands::prune::run(store, &retention.policy(), false) {
+                Ok(p) => {
+                    notes.extend(p.failed.iter().map(|(id, e)| format!("could not prune {id}: {e}")));
+                    p.pruned
+                }
+                Err(e) => {
+                    notes.push(format!("the backup was made but pruning failed: {e}"));
+                    Vec::new()
+                }
+            };
+            for note in &notes {
                 eprintln!("note: {note}");
             }
             print(
@@ -142,17 +190,22 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 json!({
                     "backup-id": r.id.to_string(), "size": r.stored_bytes, "files": r.files,
                     "source-bytes": r.source_bytes, "server-name": r.server_name, "database": r.database,
-                    "notes": r.notes, "seconds": r.elapsed.as_secs_f64(),
+                    "notes": notes, "seconds": r.elapsed.as_secs_f64(),
+                    "pruned": pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 }),
                 || {
-                    format!(
+                    let mut out = format!(
                         "{}\n{} files, {} in, {} stored, in {:.1}s",
                         r.id,
                         r.files,
                         human_bytes(r.source_bytes),
                         human_bytes(r.stored_bytes),
                         r.elapsed.as_secs_f64()
-                    )
+                    );
+                    for id in &pruned {
+                        out.push_str(&format!("\npruned {id}"));
+                    }
+                    out
                 },
             );
         }
@@ -162,11 +215,15 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 format_table(&list)
             });
         }
-        Command::Restore { backup_id, force } => {
+        Command::Restore {
+            backup_id,
+            force,
+            service,
+        } => {
             let id: BackupId = backup_id.parse()?;
             let synapse = load_synapse(cli)?;
             let passphrase = read_passphrase(cli)?;
-            let service: Box<dyn ServiceControl> = Box::new(NoService);
+            let service = service::from_spec(service);
             let r = Restore {
                 id: &id,
                 synapse: &synapse,
@@ -210,6 +267,27 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
             );
         }
+        Command::Prune { retention, dry_run } => {
+            let policy = retention.policy();
+            if policy.keeps_everything() {
+                return Err(Error::Usage(
+                    "no retention policy: give --keep-last N and/or --older-than-days N".into(),
+                ));
+            }
+            let r = commands::prune::run(store, &policy, *dry_run)?;
+            print(cli, prune_json(&r), || prune_text(&r));
+            if !r.failed.is_empty() {
+                return Err(Error::Refused(format!(
+                    "could not delete {} expired backup(s): {}",
+                    r.failed.len(),
+                    r.failed
+                        .iter()
+                        .map(|(id, e)| format!("{id} ({e})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
         Command::Delete { backup_id } => {
             let id: BackupId = backup_id.parse()?;
             commands::delete::run(store, &id)?;
@@ -250,6 +328,30 @@ fn read_passphrase(cli: &Cli) -> Result<Passphrase, Error> {
         return Err(Error::Usage("the passphrase is empty".into()));
     }
     Ok(Passphrase::new(value))
+}
+
+pub fn prune_json(r: &PruneReport) -> serde_json::Value {
+    json!({
+        "policy": r.policy.to_string(),
+        "dry-run": r.dry_run,
+        "pruned": r.pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "kept": r.kept,
+        "failed": r.failed.iter().map(|(id, e)| json!({ "backup-id": id.to_string(), "error": e })).collect::<Vec<_>>(),
+    })
+}
+
+fn prune_text(r: &PruneReport) -> String {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let mut lines = vec![format!("policy: {}", r.policy)];
+    lines.extend(r.pruned.iter().map(|id| format!("{verb} {id}")));
+    lines.extend(r.failed.iter().map(|(id, e)| format!("could not delete {id}: {e}")));
+    lines.push(format!(
+        "{} {} backup(s), kept {}",
+        verb,
+        r.pruned.len(),
+        r.kept
+    ));
+    lines.join("\n")
 }
 
 pub fn info_json(b: &ObjectInfo) -> serde_json::Value {

@@ -4,9 +4,11 @@
 pub mod create;
 pub mod delete;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 
 pub use create::{Create, CreateReport};
+pub use prune::{Policy, PruneReport};
 pub use restore::{Restore, RestoreReport};
 pub use verify::{Verify, VerifyReport};

@@ -1,11 +1,14 @@
 //! `restore`: put a backup back, so that a failure at any point leaves Synapse's data as it was.
 //!
-//! Order: every check we can make first (the object exists, its server_name matches); then
+//! Order: every check we can make first (the object exists, its server_name matches, there is room
+//! to stage it); then
 //! download, decrypt and stage the whole backup beside its targets with Synapse still running
 //! (a wrong passphrase, a truncated or tampered object, a hostile entry all fail here, with the live
 //! data untouched); only then stop Synapse, swap the staged data in with renames (rolled back if a
 //! rename fails), and start Synapse again — whatever happened.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::archive::{self, staging::Stager};
@@ -15,7 +18,8 @@ use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
 use crate::store::{ObjectStore, StoreError};
 use crate::synapse::service::{ServiceControl, ServiceError};
-use crate::synapse::SynapseConfig;
+use crate::synapse::{Database, SynapseConfig};
+use crate::units::human_bytes;
 
 pub struct Restore<'a> {
     pub id: &'a BackupId,
@@ -47,6 +51,7 @@ impl Restore<'_> {
         if let Some(name) = &info.meta.server_name {
             self.check_server_name(name)?;
         }
+        self.check_free_space(info.size)?;
         let mut stager = Stager::new(self.synapse, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
         let staged = stager.finish()?;
@@ -99,5 +104,88 @@ impl Restore<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with
+    /// Synapse untouched, when the filesystems it goes to cannot hold even the stored size.
+    fn check_free_space(&self, stored: u64) -> Result<(), Error> {
+        // the signing key is a few hundred bytes: its filesystem needs no check
+        let mut dirs = vec![self.synapse.media_store_path.clone()];
+        if let Database::Sqlite(db) = &self.synapse.database {
+            dirs.push(db.parent().unwrap_or(Path::new("/")).to_path_buf());
+        }
+        let mut filesystems: Vec<(u64, PathBuf, u64)> = Vec::new();
+        for dir in dirs {
+            let existing = nearest_existing(&dir);
+            let (dev, free) = match (std::fs::metadata(&existing), rustix::fs::statvfs(&existing)) {
+                (Ok(md), Ok(vfs)) => (md.dev(), vfs.f_bavail.saturating_mul(vfs.f_frsize)),
+                (Err(e), _) => {
+                    tracing::warn!("cannot check the free space at {}: {e}", existing.display());
+                    continue;
+                }
+                (_, Err(e)) => {
+                    tracing::warn!("cannot check the free space at {}: {e}", existing.display());
+                    continue;
+                }
+            };
+            if !filesystems.iter().any(|(d, _, _)| *d == dev) {
+                filesystems.push((dev, existing, free));
+            }
+        }
+        if filesystems.is_empty() {
+            return Ok(());
+        }
+        let free: u64 = filesystems.iter().map(|(_, _, f)| f).sum();
+        let needed = space_needed(stored);
+        if free >= needed {
+            return Ok(());
+        }
+        let places: Vec<String> = filesystems
+            .iter()
+            .map(|(_, p, f)| format!("{} has {} free", p.display(), human_bytes(*f)))
+            .collect();
+        Err(Error::Refused(format!(
+            "not enough disk space to restore {}: {}, but staging it needs at least {} (its stored size {} plus a margin for unpacking); free some space and try again — nothing was changed",
+            self.id,
+            places.join(", "),
+            human_bytes(needed),
+            human_bytes(stored)
+        )))
+    }
+}
+
+/// The least free space a restore of a backup of `stored` bytes needs: the stored (compressed)
+/// size is a lower bound of what unpacks, so add a tenth and some room for the filesystem.
+pub fn space_needed(stored: u64) -> u64 {
+    stored.saturating_add(stored / 10).saturating_add(64 << 20)
+}
+
+/// `path`, or its nearest ancestor that exists (a wiped data directory is made again by staging).
+fn nearest_existing(path: &Path) -> PathBuf {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    p.to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_needs_more_than_the_stored_size() {
+        assert_eq!(space_needed(0), 64 << 20);
+        assert_eq!(space_needed(1000 << 20), (1100 << 20) + (64 << 20));
+        assert_eq!(space_needed(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_wiped_directory_is_measured_at_its_nearest_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(nearest_existing(&dir.path().join("data/media_store")), dir.path());
     }
 }

@@ -1,5 +1,21 @@
 //! Stopping and starting Synapse around a restore (replacing its database or signing key under a
 //! running server corrupts it). Backups never stop it.
+//!
+//! Which Synapse to control is a [`ServiceSpec`], the `synapse_service` option (and the CLI's
+//! `--service`): `pebble:<service>[@<socket>]` for a Kubernetes sidecar charm (Pebble's HTTP API on
+//! the workload container's unix socket), `systemd:<unit>` for machine deployments, or `none`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -24,5 +40,368 @@ impl ServiceControl for NoService {
     }
     fn start(&self) -> Result<(), ServiceError> {
         Ok(())
+    }
+}
+
+/// Where the workload container's Pebble listens, seen from a Kubernetes sidecar charm's container.
+pub const DEFAULT_PEBBLE_SOCKET: &str = "/charm/containers/synapse/pebble.socket";
+/// Pebble's own variable for its socket; used when the spec names no socket.
+pub const PEBBLE_SOCKET_ENV: &str = "PEBBLE_SOCKET";
+
+/// How Synapse is run, parsed from `pebble:<service>[@<socket>]`, `systemd:<unit>` or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceSpec {
+    Pebble { service: String, socket: PathBuf },
+    Systemd { unit: String },
+    None,
+}
+
+impl ServiceSpec {
+    /// Parses with `pebble_socket` as the socket for a spec that names none (`$PEBBLE_SOCKET`, else
+    /// [`DEFAULT_PEBBLE_SOCKET`]).
+    pub fn parse_with_default_socket(s: &str, pebble_socket: &Path) -> Result<Self, ServiceError> {
+        let s = s.trim();
+        let invalid = |why: &str| {
+            ServiceError(format!(
+                "invalid Synapse service {s:?}: {why} (expected pebble:<service>[@<socket path>], systemd:<unit> or none)"
+            ))
+        };
+        if s == "none" {
+            return Ok(ServiceSpec::None);
+        }
+        if let Some(rest) = s.strip_prefix("pebble:") {
+            let (service, socket) = match rest.split_once('@') {
+                Some((service, socket)) => (service, PathBuf::from(socket)),
+                None => (rest, pebble_socket.to_path_buf()),
+            };
+            if !is_plain_name(service) {
+                return Err(invalid("the Pebble service name is empty or has spaces, commas or '@'"));
+            }
+            if !socket.is_absolute() {
+                return Err(invalid("the Pebble socket must be an absolute path"));
+            }
+            return Ok(ServiceSpec::Pebble {
+                service: service.to_string(),
+                socket,
+            });
+        }
+        if let Some(unit) = s.strip_prefix("systemd:") {
+            if !is_plain_name(unit) || unit.starts_with('-') {
+                return Err(invalid("the systemd unit name is empty, starts with '-' or has spaces"));
+            }
+            return Ok(ServiceSpec::Systemd { unit: unit.to_string() });
+        }
+        Err(invalid("unknown kind"))
+    }
+}
+
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '@')
+}
+
+impl FromStr for ServiceSpec {
+    type Err = ServiceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let socket = std::env::var_os(PEBBLE_SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PEBBLE_SOCKET));
+        Self::parse_with_default_socket(s, &socket)
+    }
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceSpec::Pebble { service, socket } => write!(f, "pebble:{service}@{}", socket.display()),
+            ServiceSpec::Systemd { unit } => write!(f, "systemd:{unit}"),
+            ServiceSpec::None => f.write_str("none"),
+        }
+    }
+}
+
+pub fn from_spec(spec: &ServiceSpec) -> Box<dyn ServiceControl> {
+    match spec {
+        ServiceSpec::Pebble { service, socket } => Box::new(Pebble::new(socket, service)),
+        ServiceSpec::Systemd { unit } => Box::new(Systemd { unit: unit.clone() }),
+        ServiceSpec::None => Box::new(NoService),
+    }
+}
+
+/// A service in a Pebble plan, stopped and started through Pebble's HTTP API on its unix socket:
+/// `POST /v1/services` makes a change, `GET /v1/changes/<id>/wait` waits for it to be ready.
+pub struct Pebble {
+    socket: PathBuf,
+    service: String,
+    /// How long a stop or start may take before we give up waiting for Pebble's change.
+    pub wait: Duration,
+}
+
+/// Pebble's answer to one request: `{"type": "sync"|"async"|"error", "status-code", "change", "result"}`.
+#[derive(serde::Deserialize)]
+struct PebbleResponse {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    change: Option<String>,
+    #[serde(default)]
+    result: Value,
+}
+
+impl Pebble {
+    pub fn new(socket: impl Into<PathBuf>, service: impl Into<String>) -> Self {
+        Pebble {
+            socket: socket.into(),
+            service: service.into(),
+            wait: Duration::from_secs(300),
+        }
+    }
+
+    /// Runs `action` (`stop` or `start`) on the service and waits until Pebble says it is done.
+    fn act(&self, action: &str) -> Result<(), ServiceError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ServiceError(format!("cannot start the Pebble client: {e}")))?;
+        runtime.block_on(async {
+            let body = json!({ "action": action, "services": [self.service] });
+            let answer = self
+                .request(Method::POST, "/v1/services", Some(body), Duration::from_secs(30))
+                .await
+                .map_err(|e| e.into_service_error(self))?;
+            let change = match (answer.kind.as_str(), answer.change) {
+                ("async", Some(id)) if !id.is_empty() => id,
+                _ => return Err(self.error(format!("{action} gave no change id"))),
+            };
+            self.wait_for(&change, action).await
+        })
+    }
+
+    async fn wait_for(&self, change: &str, action: &str) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.error(format!(
+                    "{action} of {:?} did not finish within {}s (Pebble change {change})",
+                    self.service,
+                    self.wait.as_secs()
+                )));
+            }
+            let step = left.min(Duration::from_secs(10)).max(Duration::from_secs(1));
+            let path = format!("/v1/changes/{change}/wait?timeout={}ms", step.as_millis());
+            match self.request(Method::GET, &path, None, step + Duration::from_secs(10)).await {
+                Ok(answer) => {
+                    let result = &answer.result;
+                    if result.get("ready").and_then(Value::as_bool) != Some(true) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    let status = result.get("status").and_then(Value::as_str).unwrap_or("");
+                    return match result.get("err").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+                        Some(err) => Err(self.error(err.trim_end().to_string())),
+                        None if status == "Done" => Ok(()),
+                        None => Err(self.error(format!("{action} ended with status {status:?}"))),
+                    };
+                }
+                // Pebble's wait timed out (504): the change is still running, ask again
+                Err(PebbleFailure::Status(StatusCode::GATEWAY_TIMEOUT, _)) => continue,
+                Err(e) => return Err(e.into_service_error(self)),
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<PebbleResponse, PebbleFailure> {
+        match tokio::time::timeout(timeout, self.exchange(method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(PebbleFailure::Transport(format!(
+                "no answer within {}s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn exchange(&self, method: Method, path: &str, body: Option<Value>) -> Result<PebbleResponse, PebbleFailure> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| PebbleFailure::Transport(format!("cannot connect: {e}")))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            // Pebble (Go's net/http) refuses HTTP/1.1 requests without a Host
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes))
+            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| PebbleFailure::Transport(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        let answer: PebbleResponse = serde_json::from_slice(&body).map_err(|e| {
+            PebbleFailure::Transport(format!("answered {status} with something that is not Pebble's JSON ({e})"))
+        })?;
+        if answer.kind == "error" || !status.is_success() {
+            let message = answer
+                .result
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| status.to_string());
+            return Err(PebbleFailure::Status(status, message));
+        }
+        Ok(answer)
+    }
+
+    fn error(&self, what: String) -> ServiceError {
+        ServiceError(format!("Pebble at {}: {what}", self.socket.display()))
+    }
+}
+
+enum PebbleFailure {
+    /// Pebble answered with an error: its status and its own message.
+    Status(StatusCode, String),
+    /// Pebble could not be reached or did not speak its API.
+    Transport(String),
+}
+
+impl PebbleFailure {
+    fn into_service_error(self, pebble: &Pebble) -> ServiceError {
+        match self {
+            PebbleFailure::Status(_, message) => pebble.error(message),
+            PebbleFailure::Transport(what) => pebble.error(what),
+        }
+    }
+}
+
+impl ServiceControl for Pebble {
+    fn describe(&self) -> String {
+        format!("pebble:{}", self.service)
+    }
+    fn stop(&self) -> Result<(), ServiceError> {
+        self.act("stop")
+    }
+    fn start(&self) -> Result<(), ServiceError> {
+        self.act("start")
+    }
+}
+
+/// A systemd unit, stopped and started with `systemctl` (which waits for the job to finish).
+pub struct Systemd {
+    unit: String,
+}
+
+impl Systemd {
+    fn systemctl(&self, verb: &str) -> Result<(), ServiceError> {
+        let out = Command::new("systemctl")
+            .args([verb, "--", &self.unit])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| ServiceError(format!("cannot run systemctl: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr.trim();
+        Err(ServiceError(format!(
+            "systemctl {verb} {} failed ({}){}{why}",
+            self.unit,
+            out.status,
+            if why.is_empty() { "" } else { ": " }
+        )))
+    }
+}
+
+impl ServiceControl for Systemd {
+    fn describe(&self) -> String {
+        format!("systemd:{}", self.unit)
+    }
+    fn stop(&self) -> Result<(), ServiceError> {
+        self.systemctl("stop")
+    }
+    fn start(&self) -> Result<(), ServiceError> {
+        self.systemctl("start")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ServiceSpec, ServiceError> {
+        ServiceSpec::parse_with_default_socket(s, Path::new("/run/pebble.socket"))
+    }
+
+    #[test]
+    fn parses_every_kind() {
+        assert_eq!(parse("none").unwrap(), ServiceSpec::None);
+        assert_eq!(
+            parse("pebble:synapse").unwrap(),
+            ServiceSpec::Pebble {
+                service: "synapse".into(),
+                socket: "/run/pebble.socket".into()
+            }
+        );
+        assert_eq!(
+            parse("pebble:synapse@/charm/containers/other/pebble.socket").unwrap(),
+            ServiceSpec::Pebble {
+                service: "synapse".into(),
+                socket: "/charm/containers/other/pebble.socket".into()
+            }
+        );
+        assert_eq!(
+            parse(" systemd:matrix-synapse.service ").unwrap(),
+            ServiceSpec::Systemd {
+                unit: "matrix-synapse.service".into()
+            }
+        );
+        let spec = parse("pebble:synapse").unwrap();
+        assert_eq!(parse(&spec.to_string()).unwrap(), spec);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_control_with_a_hint() {
+        for bad in [
+            "",
+            "synapse",
+            "pebble:",
+            "pebble:a b",
+            "pebble:synapse@relative.sock",
+            "systemd:",
+            "systemd:--now",
+            "docker:synapse",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("expected pebble:<service>"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_socket_is_the_sidecar_charms() {
+        if std::env::var_os(PEBBLE_SOCKET_ENV).is_none() {
+            assert_eq!(
+                "pebble:synapse".parse::<ServiceSpec>().unwrap().to_string(),
+                "pebble:synapse@/charm/containers/synapse/pebble.socket"
+            );
+        }
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod pebble;
+
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
 pub fn bin() -> &'static str {
