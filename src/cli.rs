@@ -345,12 +345,7 @@ fn prune_text(r: &PruneReport) -> String {
     let mut lines = vec![format!("policy: {}", r.policy)];
     lines.extend(r.pruned.iter().map(|id| format!("{verb} {id}")));
     lines.extend(r.failed.iter().map(|(id, e)| format!("could not delete {id}: {e}")));
-    lines.push(format!(
-        "{} {} backup(s), kept {}",
-        verb,
-        r.pruned.len(),
-        r.kept
-    ));
+    lines.push(format!("{} {} backup(s), kept {}", verb, r.pruned.len(), r.kept));
     lines.join("\n")
 }
 

@@ -55,7 +55,7 @@ fn keep_last_deletes_all_but_the_newest_and_nothing_else() {
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["pruned"], serde_json::json!(ids[..3]));
     assert_eq!(report["kept"], 2);
-    assert_eq!(listed(&store), ["backup-notes.txt", &ids[3], &ids[4]]);
+    assert_eq!(listed(&store), [&ids[3], &ids[4], "backup-notes.txt"]);
     assert!(store.join("README").exists());
     // the sidecars went with their backups
     assert!(!store.join(format!(".{}.meta.json", ids[0])).exists());

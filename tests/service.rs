@@ -101,10 +101,7 @@ fn pebble_stops_synapse_after_staging_and_starts_it_after_the_swap() {
     assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
     assert_eq!(
         pebble.observed(),
-        [
-            "stop: live key, staged",
-            "start: restored key, not staged"
-        ]
+        ["stop: live key, staged", "start: restored key, not staged"]
     );
     assert_eq!(pebble.protocol_errors(), 0);
     assert_eq!(backed_up_state(&s.data), s.backed_up);
@@ -179,7 +176,8 @@ fn a_start_that_fails_says_so_after_restoring() {
     let r = s.restore(&pebble.spec("synapse"), &[]);
     assert!(!r.ok);
     assert!(
-        r.stderr.contains("restored but Synapse could not be started") && r.stderr.contains("exited quickly with code 1"),
+        r.stderr.contains("restored but Synapse could not be started")
+            && r.stderr.contains("exited quickly with code 1"),
         "{}",
         r.stderr
     );
@@ -193,11 +191,7 @@ fn a_service_pebble_does_not_know_is_pebbles_error() {
     let pebble = s.pebble();
     let r = s.restore(&pebble.spec("matrix"), &[]);
     assert!(!r.ok);
-    assert!(
-        r.stderr.contains(r#"service "matrix" does not exist"#),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains(r#"service "matrix" does not exist"#), "{}", r.stderr);
     assert!(pebble.events().is_empty());
     assert_eq!(s.key(), NEW_KEY);
 }
@@ -249,7 +243,11 @@ fn systemd_runs_systemctl_stop_then_start() {
     );
 
     // and systemctl's own complaint is what the operator reads
-    fs::write(&systemctl, "#!/bin/sh\necho 'Failed to stop matrix-synapse.service: Access denied' >&2\nexit 4\n").unwrap();
+    fs::write(
+        &systemctl,
+        "#!/bin/sh\necho 'Failed to stop matrix-synapse.service: Access denied' >&2\nexit 4\n",
+    )
+    .unwrap();
     let r = s.restore("systemd:matrix-synapse.service", &[("PATH", &path)]);
     assert!(!r.ok && r.stderr.contains("Access denied"), "{}", r.stderr);
 }

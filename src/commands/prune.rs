@@ -39,7 +39,10 @@ impl fmt::Display for Policy {
             (0, None) => f.write_str("keep every backup"),
             (n, None) => write!(f, "keep the newest {n}"),
             (0, Some(d)) => write!(f, "delete backups older than {d} days, always keeping the newest"),
-            (n, Some(d)) => write!(f, "keep the newest {n}, none older than {d} days, always keeping the newest"),
+            (n, Some(d)) => write!(
+                f,
+                "keep the newest {n}, none older than {d} days, always keeping the newest"
+            ),
         }
     }
 }
@@ -228,7 +231,9 @@ mod tests {
             Ok(())
         }
         fn list(&self) -> Result<Vec<ObjectInfo>, crate::store::StoreError> {
-            Err(crate::store::StoreError::Unreachable("connection reset on page 2".into()))
+            Err(crate::store::StoreError::Unreachable(
+                "connection reset on page 2".into(),
+            ))
         }
         fn head(&self, _: &BackupId) -> Result<Option<ObjectInfo>, crate::store::StoreError> {
             Ok(None)

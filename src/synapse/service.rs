@@ -96,7 +96,10 @@ impl ServiceSpec {
 }
 
 fn is_plain_name(s: &str) -> bool {
-    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '@')
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '@')
 }
 
 impl FromStr for ServiceSpec {
@@ -191,7 +194,10 @@ impl Pebble {
             }
             let step = left.min(Duration::from_secs(10)).max(Duration::from_secs(1));
             let path = format!("/v1/changes/{change}/wait?timeout={}ms", step.as_millis());
-            match self.request(Method::GET, &path, None, step + Duration::from_secs(10)).await {
+            match self
+                .request(Method::GET, &path, None, step + Duration::from_secs(10))
+                .await
+            {
                 Ok(answer) => {
                     let result = &answer.result;
                     if result.get("ready").and_then(Value::as_bool) != Some(true) {
@@ -258,7 +264,9 @@ impl Pebble {
             .to_bytes();
         driver.abort();
         let answer: PebbleResponse = serde_json::from_slice(&body).map_err(|e| {
-            PebbleFailure::Transport(format!("answered {status} with something that is not Pebble's JSON ({e})"))
+            PebbleFailure::Transport(format!(
+                "answered {status} with something that is not Pebble's JSON ({e})"
+            ))
         })?;
         if answer.kind == "error" || !status.is_success() {
             let message = answer

@@ -50,11 +50,16 @@ impl PebbleStandIn {
         std_listener.set_nonblocking(true).unwrap();
         let (st, ob) = (state.clone(), observer.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::UnixListener::from_std(std_listener).unwrap();
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let (st, ob) = (st.clone(), ob.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
@@ -127,7 +132,11 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     )
 }
 
-async fn handle(req: Request<Incoming>, state: &Mutex<State>, observer: &Mutex<Option<Observer>>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    observer: &Mutex<Option<Observer>>,
+) -> Response<Full<Bytes>> {
     if !req.headers().contains_key(hyper::header::HOST) {
         state.lock().unwrap().requests_without_host += 1;
         return error(StatusCode::BAD_REQUEST, "missing required Host header");
@@ -135,7 +144,12 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, observer: &Mutex<O
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     match (method.as_str(), path.as_str()) {
         ("POST", "/v1/services") => {
             let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
