@@ -171,7 +171,7 @@ fn restores_a_reference_charm_backup() {
 fn snapshot_under_a_live_writer_is_consistent() {
     let (tmp, config, store) = setup("2M", "small");
     let data = tmp.path().join("data");
-    let mut churn = Command::new("python3")
+    let churn = Command::new("python3")
         .arg(shared().join("tools/synapse-fixture.py"))
         .args(["churn"])
         .arg(&data)

@@ -193,8 +193,7 @@ impl Stager {
             }
         }
         // deepest first: a directory's mtime changes when something is created in it
-        self.dirs
-            .sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
         for (path, mode, uid, gid, mtime) in std::mem::take(&mut self.dirs) {
             self.own(&path, uid, gid)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777 & !0o6000))
@@ -217,6 +216,12 @@ impl Stager {
             }
             // the WAL was folded into the database
             self.staged.remove(&Role::DatabaseWal);
+        }
+        // Everything staged is on disk before anything live is moved (one syncfs per filesystem is
+        // far cheaper than an fsync per file).
+        for dir in self.staging.values() {
+            let synced = File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from));
+            synced.map_err(|e| write_err(dir, e))?;
         }
         self.cleanup = false;
         Ok(Staged {
@@ -252,7 +257,6 @@ impl Stager {
             };
             file.write_all(&buf[..n]).map_err(|err| write_err(path, err))?;
         }
-        file.sync_data().map_err(|err| write_err(path, err))?;
         let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime));
         drop(file);
         self.own(path, e.uid, e.gid)?;

@@ -170,7 +170,7 @@ impl<'a> Producer<'a> {
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
-        let owner = fs::metadata(&plan.sources.first().map(|s| s.read_from.clone()).unwrap_or_default())
+        let owner = fs::metadata(plan.sources.first().map(|s| s.read_from.clone()).unwrap_or_default())
             .map(|m| {
                 use std::os::unix::fs::MetadataExt;
                 (u64::from(m.uid()), u64::from(m.gid()))
