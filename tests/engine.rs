@@ -376,3 +376,78 @@ fn the_passphrase_never_reaches_argv_or_output() {
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no passphrase"));
 }
+
+/// A small tmpfs, unmounted on drop. None when we may not mount (not root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+
+    /// Fills the disk until `leave` bytes are free.
+    fn fill(&self, leave: u64) {
+        let free = sh(&format!("df -B1 --output=avail {} | tail -1", self.0.display()))
+            .stdout
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        let filler = self.0.join("filler");
+        let run = sh(&format!(
+            "dd if=/dev/zero of={} bs=64k count={} oflag=append conv=notrunc 2>/dev/null; true",
+            filler.display(),
+            free.saturating_sub(leave) / 65536
+        ));
+        assert!(run.ok);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("disk"), "24M") else {
+        eprintln!("not run: mounting a small tmpfs needs root (CI runs it)");
+        return;
+    };
+    let data = disk.0.join("data");
+    let config = fixture(&data, "3M", "small");
+    let store = tmp.path().join("store");
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    disk.fill(1 << 20);
+    let before = digest(&data);
+    let run = cli(&config, &store, &["restore", &id]);
+    assert_untouched(&data, &before, &run, "no space left");
+
+    // a store on a full disk: the backup fails and nothing half-written is listed
+    let full_store = disk.0.join("store");
+    fs::create_dir_all(&full_store).unwrap();
+    disk.fill(64 << 10);
+    let made = cli(&config, &full_store, &["create"]);
+    let said = made.stderr.to_lowercase();
+    assert!(
+        !made.ok && (said.contains("no space left") || said.contains("disk is full")),
+        "{}",
+        made.stderr
+    );
+    let listed = cli(&config, &full_store, &["--json", "list"]);
+    assert!(listed.ok && listed.stdout.trim() == "[]", "{}", listed.stdout);
+    assert_eq!(
+        fs::read_dir(&full_store).unwrap().count(),
+        0,
+        "a partial upload was left behind"
+    );
+}
