@@ -212,11 +212,13 @@ fn unpack_stage<R: BufRead>(
             if data.len != size {
                 return Err(ArchiveError::Damaged(format!("{name} is shorter than its header says")));
             }
-            check.file(FileRecord {
-                path: name,
-                size,
-                sha256: data.hex(),
-            })?;
+            if summary.header.is_some() {
+                check.file(FileRecord {
+                    path: name,
+                    size,
+                    sha256: data.hex(),
+                })?;
+            }
             summary.files += 1;
             summary.bytes += size;
             counters.files.store(summary.files, Ordering::Relaxed);
@@ -294,12 +296,13 @@ impl ManifestCheck {
                 rec.path
             )));
         }
-        self.pending.push_back(rec);
-        if self.pending.len() > manifest::CHUNK {
-            // Not ours (the reference charm's archives have no manifest): stop keeping records.
-            self.pending.pop_front();
-            self.chunks = u64::MAX;
+        if self.pending.len() >= manifest::CHUNK {
+            return Err(ArchiveError::Manifest(format!(
+                "no manifest chunk lists {} or the files before it",
+                rec.path
+            )));
         }
+        self.pending.push_back(rec);
         Ok(())
     }
 

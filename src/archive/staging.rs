@@ -187,9 +187,27 @@ impl Stager {
             ));
         }
         if self.media_seen || self.roots.is_some() {
-            // The media directories become exactly what the backup holds, empty ones included.
-            for i in 0..MEDIA_DIRS.len() {
-                self.staged_root(Role::Media(i))?;
+            // The media directories become exactly what the backup holds, empty ones included;
+            // one the backup has no entry for keeps the live one's owner and mode.
+            for (i, dir) in MEDIA_DIRS.iter().enumerate() {
+                let fresh = !self.staged.contains_key(&Role::Media(i));
+                let Some(staged) = self.staged_root(Role::Media(i))? else {
+                    continue;
+                };
+                let live = self.cfg.media_store_path.join(dir);
+                let model = [live.as_path(), self.cfg.media_store_path.as_path()]
+                    .into_iter()
+                    .find_map(|p| fs::metadata(p).ok());
+                if let (true, Some(md)) = (fresh, model) {
+                    use std::os::unix::fs::MetadataExt;
+                    self.dirs.push((
+                        staged,
+                        md.mode(),
+                        u64::from(md.uid()),
+                        u64::from(md.gid()),
+                        md.mtime().max(0) as u64,
+                    ));
+                }
             }
         }
         // deepest first: a directory's mtime changes when something is created in it
@@ -272,12 +290,7 @@ impl Visitor for Stager {
                 h.tool, h.format
             )));
         }
-        if h.server_name != self.cfg.server_name && !self.force {
-            return Err(ArchiveError::Refused(format!(
-                "backup {} is of server {:?} but this Synapse is {:?}; restoring it would change the server's identity (force it if that is what you want)",
-                self.id, h.server_name, self.cfg.server_name
-            )));
-        }
+        check_server_name(&self.id, &h.server_name, &self.cfg.server_name, self.force)?;
         if h.database == "sqlite3" && self.cfg.database == Database::Postgres {
             self.notes.push(
                 "the backup holds a SQLite database but this Synapse uses PostgreSQL: the database was not restored"
@@ -483,6 +496,16 @@ impl Drop for Staged {
             }
         }
     }
+}
+
+/// A backup of another server would change this server's identity: refused unless forced.
+pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool) -> Result<(), ArchiveError> {
+    if backup != current && !force {
+        return Err(ArchiveError::Refused(format!(
+            "backup {id} is of server {backup:?} but this Synapse is {current:?}; restoring it would change the server's identity (force it if that is what you want)"
+        )));
+    }
+    Ok(())
 }
 
 fn media_role(below: &str) -> Option<(Role, &str)> {

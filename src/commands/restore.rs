@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::archive::{self, staging::Stager};
+use crate::archive::{self, staging, staging::Stager};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
@@ -45,7 +45,7 @@ impl Restore<'_> {
             .head(self.id)?
             .ok_or_else(|| StoreError::NotFound(self.id.clone()))?;
         if let Some(name) = &info.meta.server_name {
-            self.check_server_name(name)?;
+            staging::check_server_name(self.id, name, &self.synapse.server_name, self.force)?;
         }
         let mut stager = Stager::new(self.synapse, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
@@ -89,15 +89,5 @@ impl Restore<'_> {
             notes,
             elapsed: started.elapsed(),
         })
-    }
-
-    fn check_server_name(&self, backup: &str) -> Result<(), Error> {
-        if backup != self.synapse.server_name && !self.force {
-            return Err(Error::Refused(format!(
-                "backup {} is of server {backup:?} but this Synapse is {:?}; restoring it would change the server's identity (force it if that is what you want)",
-                self.id, self.synapse.server_name
-            )));
-        }
-        Ok(())
     }
 }
