@@ -451,3 +451,25 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
         "a partial upload was left behind"
     );
 }
+
+#[test]
+fn a_restored_database_hands_out_no_old_one_time_keys() {
+    let (tmp, config, store) = setup("1M", "small");
+    let db = tmp.path().join("data/homeserver.db");
+    let made = sh(&format!(
+        "sqlite3 {} \"CREATE TABLE e2e_one_time_keys_json(user_id TEXT, device_id TEXT, key_id TEXT, key_json TEXT); INSERT INTO e2e_one_time_keys_json VALUES('@a:example.com','D','k1','{{}}'),('@a:example.com','D','k2','{{}}')\"",
+        db.display()
+    ));
+    assert!(made.ok, "{}", made.stderr);
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert!(restored.stderr.contains("one-time keys"), "{}", restored.stderr);
+    let left = sh(&format!(
+        "sqlite3 {} 'SELECT count(*) FROM e2e_one_time_keys_json'",
+        db.display()
+    ));
+    assert_eq!(left.stdout.trim(), "0");
+    assert!(!db.with_file_name("homeserver.db-wal").exists() && !db.with_file_name("homeserver.db-shm").exists());
+}
