@@ -8,8 +8,9 @@ work=$repo/target/quickstart
 rm -rf "$work" && mkdir -p "$work"
 cp -a "$repo/examples/synapse-data" "$work/data"
 
-cargo build --quiet --release --manifest-path "$repo/Cargo.toml"
-sb() { "$repo/target/release/synapse-backup" --synapse-config "$work/data/homeserver.yaml" --store "$work/store" "$@"; }
+# the dev profile (dependencies optimised, see Cargo.toml) shares its build with scripts/test.sh
+cargo build --quiet --manifest-path "$repo/Cargo.toml"
+sb() { "$repo/target/debug/synapse-backup" --synapse-config "$work/data/homeserver.yaml" --store "$work/store" "$@"; }
 # The passphrase comes from the environment or a file, never from the command line.
 export SYNAPSE_BACKUP_PASSPHRASE=${SYNAPSE_BACKUP_PASSPHRASE:-quick-start passphrase}
 
