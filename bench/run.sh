@@ -53,6 +53,9 @@ measure ref_create bash -c "cd / && tar -c ${paths[*]} 2>/dev/null | gpg ${gpg_o
 id=$(ls "$out/store" | grep '^backup-' | head -1)
 mkdir -p "$out/ref-restore"
 measure ref_restore bash -c "gpg ${gpg_opts[*]} -d $out/ref.gpg | tar -x -C $out/ref-restore"
+# like the reference, restore into empty places: a server that lost its data (deleting the data a
+# restore replaces is extra work, done after Synapse is started again)
+rm -rf "${paths[@]}"
 measure ours_restore "$bin" --quiet --synapse-config "$config" --store "$out/store" restore "$id"
 
 mbps() { python3 -c "print(f'{$bytes/1e6/$1:7.1f}')"; }

@@ -420,8 +420,10 @@ impl Staged {
         &self.notes
     }
 
-    /// Moves every staged target into place; on failure, puts everything back as it was.
-    pub fn swap(mut self) -> Result<(), ArchiveError> {
+    /// Moves every staged target into place; on failure, puts everything back as it was. The
+    /// data that was replaced stays on disk until [`Previous::remove`] (after Synapse is started
+    /// again: deleting gigabytes can take a while).
+    pub fn swap(mut self) -> Result<Previous, ArchiveError> {
         let mut steps = Vec::new();
         let result = self.swap_all(&mut steps);
         if let Err(e) = result {
@@ -445,12 +447,9 @@ impl Staged {
             return Err(e);
         }
         self.done = true;
-        for dir in &self.staging {
-            if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!("could not remove {} (the previous data): {e}", dir.display());
-            }
-        }
-        Ok(())
+        Ok(Previous {
+            dirs: std::mem::take(&mut self.staging),
+        })
     }
 
     fn swap_all(&self, steps: &mut Vec<Step>) -> Result<(), ArchiveError> {
@@ -506,6 +505,25 @@ pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool
         )));
     }
     Ok(())
+}
+
+/// The data a restore replaced, waiting to be deleted.
+#[must_use]
+pub struct Previous {
+    dirs: Vec<PathBuf>,
+}
+
+impl Previous {
+    pub fn remove(self) {
+        for dir in &self.dirs {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!(
+                    "could not remove {} (the data the restore replaced): {e}",
+                    dir.display()
+                );
+            }
+        }
+    }
 }
 
 fn media_role(below: &str) -> Option<(Role, &str)> {

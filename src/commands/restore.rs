@@ -49,7 +49,16 @@ impl Restore<'_> {
         }
         let mut stager = Stager::new(self.synapse, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
+        tracing::info!(
+            "read and staged {} files in {:.1}s",
+            summary.files,
+            started.elapsed().as_secs_f64()
+        );
         let staged = stager.finish()?;
+        tracing::info!(
+            "staged data checked and synced at {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         let mut notes = staged.notes().to_vec();
 
         self.service.stop().map_err(|e| {
@@ -59,15 +68,17 @@ impl Restore<'_> {
             ))
         })?;
         let swapped = staged.swap();
+        tracing::info!("swapped in at {:.1}s", started.elapsed().as_secs_f64());
         let started_again = self.service.start();
-        match (swapped, started_again) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(e)) => {
+        let previous = match (swapped, started_again) {
+            (Ok(previous), Ok(())) => previous,
+            (Ok(previous), Err(e)) => {
+                previous.remove();
                 return Err(ServiceError(format!(
                     "the backup was restored but Synapse could not be started ({}): {e}",
                     self.service.describe()
                 ))
-                .into())
+                .into());
             }
             (Err(e), Ok(())) => return Err(e.into()),
             (Err(e), Err(s)) => {
@@ -77,7 +88,9 @@ impl Restore<'_> {
                 ))
                 .into())
             }
-        }
+        };
+        previous.remove();
+        tracing::info!("removed the replaced data at {:.1}s", started.elapsed().as_secs_f64());
         if !summary.manifest_checked {
             notes.push("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran".into());
         }
