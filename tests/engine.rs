@@ -473,3 +473,49 @@ fn a_restored_database_hands_out_no_old_one_time_keys() {
     assert_eq!(left.stdout.trim(), "0");
     assert!(!db.with_file_name("homeserver.db-wal").exists() && !db.with_file_name("homeserver.db-shm").exists());
 }
+
+#[test]
+fn restores_onto_a_server_laid_out_differently() {
+    // a backup of the official image's /data layout, restored onto a Debian-style layout
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    let before = backed_up_state(&data);
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let debian = tmp.path().join("debian");
+    fs::create_dir_all(debian.join("etc/conf.d")).unwrap();
+    fs::write(
+        debian.join("etc/homeserver.yaml"),
+        "server_name: example.com\nreport_stats: false\n",
+    )
+    .unwrap();
+    fs::write(
+        debian.join("etc/conf.d/paths.yaml"),
+        format!(
+            "signing_key_path: {d}/etc/homeserver.signing.key\nmedia_store_path: {d}/var/media\ndatabase:\n  name: sqlite3\n  args:\n    database: {d}/var/homeserver.db\n",
+            d = debian.display()
+        ),
+    )
+    .unwrap();
+    let configs = format!(
+        "{},{}",
+        debian.join("etc/homeserver.yaml").display(),
+        debian.join("etc/conf.d").display()
+    );
+    let restored = cli(Path::new(&configs), &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert_eq!(
+        fs::read(debian.join("etc/homeserver.signing.key")).unwrap(),
+        fs::read(data.join("example.com.signing.key")).unwrap()
+    );
+    assert_eq!(
+        sqlite_dump(&debian.join("var/homeserver.db")),
+        before["homeserver.db (dump)"]
+    );
+    for (path, sha) in &before {
+        if let Some(rest) = path.strip_prefix("media_store/") {
+            let got = sh(&format!("sha256sum {}", debian.join("var/media").join(rest).display()));
+            assert!(got.stdout.starts_with(sha.as_str()), "{path}");
+        }
+    }
+}
