@@ -171,7 +171,7 @@ fn restores_a_reference_charm_backup() {
 fn snapshot_under_a_live_writer_is_consistent() {
     let (tmp, config, store) = setup("2M", "small");
     let data = tmp.path().join("data");
-    let mut churn = Command::new("python3")
+    let churn = Command::new("python3")
         .arg(shared().join("tools/synapse-fixture.py"))
         .args(["churn"])
         .arg(&data)
@@ -375,4 +375,147 @@ fn the_passphrase_never_reaches_argv_or_output() {
         .unwrap();
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no passphrase"));
+}
+
+/// A small tmpfs, unmounted on drop. None when we may not mount (not root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+
+    /// Fills the disk until `leave` bytes are free.
+    fn fill(&self, leave: u64) {
+        let free = sh(&format!("df -B1 --output=avail {} | tail -1", self.0.display()))
+            .stdout
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        let filler = self.0.join("filler");
+        let run = sh(&format!(
+            "dd if=/dev/zero of={} bs=64k count={} oflag=append conv=notrunc 2>/dev/null; true",
+            filler.display(),
+            free.saturating_sub(leave) / 65536
+        ));
+        assert!(run.ok);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("disk"), "24M") else {
+        eprintln!("not run: mounting a small tmpfs needs root (CI runs it)");
+        return;
+    };
+    let data = disk.0.join("data");
+    let config = fixture(&data, "3M", "small");
+    let store = tmp.path().join("store");
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    disk.fill(1 << 20);
+    let before = digest(&data);
+    let run = cli(&config, &store, &["restore", &id]);
+    assert_untouched(&data, &before, &run, "no space left");
+
+    // a store on a full disk: the backup fails and nothing half-written is listed
+    let full_store = disk.0.join("store");
+    fs::create_dir_all(&full_store).unwrap();
+    disk.fill(64 << 10);
+    let made = cli(&config, &full_store, &["create"]);
+    let said = made.stderr.to_lowercase();
+    assert!(
+        !made.ok && (said.contains("no space left") || said.contains("disk is full")),
+        "{}",
+        made.stderr
+    );
+    let listed = cli(&config, &full_store, &["--json", "list"]);
+    assert!(listed.ok && listed.stdout.trim() == "[]", "{}", listed.stdout);
+    assert_eq!(
+        fs::read_dir(&full_store).unwrap().count(),
+        0,
+        "a partial upload was left behind"
+    );
+}
+
+#[test]
+fn a_restored_database_hands_out_no_old_one_time_keys() {
+    let (tmp, config, store) = setup("1M", "small");
+    let db = tmp.path().join("data/homeserver.db");
+    let made = sh(&format!(
+        "sqlite3 {} \"CREATE TABLE e2e_one_time_keys_json(user_id TEXT, device_id TEXT, key_id TEXT, key_json TEXT); INSERT INTO e2e_one_time_keys_json VALUES('@a:example.com','D','k1','{{}}'),('@a:example.com','D','k2','{{}}')\"",
+        db.display()
+    ));
+    assert!(made.ok, "{}", made.stderr);
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert!(restored.stderr.contains("one-time keys"), "{}", restored.stderr);
+    let left = sh(&format!(
+        "sqlite3 {} 'SELECT count(*) FROM e2e_one_time_keys_json'",
+        db.display()
+    ));
+    assert_eq!(left.stdout.trim(), "0");
+    assert!(!db.with_file_name("homeserver.db-wal").exists() && !db.with_file_name("homeserver.db-shm").exists());
+}
+
+#[test]
+fn restores_onto_a_server_laid_out_differently() {
+    // a backup of the official image's /data layout, restored onto a Debian-style layout
+    let (tmp, config, store) = setup("2M", "small");
+    let data = tmp.path().join("data");
+    let before = backed_up_state(&data);
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = only_backup(&store);
+    let debian = tmp.path().join("debian");
+    fs::create_dir_all(debian.join("etc/conf.d")).unwrap();
+    fs::write(
+        debian.join("etc/homeserver.yaml"),
+        "server_name: example.com\nreport_stats: false\n",
+    )
+    .unwrap();
+    fs::write(
+        debian.join("etc/conf.d/paths.yaml"),
+        format!(
+            "signing_key_path: {d}/etc/homeserver.signing.key\nmedia_store_path: {d}/var/media\ndatabase:\n  name: sqlite3\n  args:\n    database: {d}/var/homeserver.db\n",
+            d = debian.display()
+        ),
+    )
+    .unwrap();
+    let configs = format!(
+        "{},{}",
+        debian.join("etc/homeserver.yaml").display(),
+        debian.join("etc/conf.d").display()
+    );
+    let restored = cli(Path::new(&configs), &store, &["restore", &id]);
+    assert!(restored.ok, "{}", restored.stderr);
+    assert_eq!(
+        fs::read(debian.join("etc/homeserver.signing.key")).unwrap(),
+        fs::read(data.join("example.com.signing.key")).unwrap()
+    );
+    assert_eq!(
+        sqlite_dump(&debian.join("var/homeserver.db")),
+        before["homeserver.db (dump)"]
+    );
+    for (path, sha) in &before {
+        if let Some(rest) = path.strip_prefix("media_store/") {
+            let got = sh(&format!("sha256sum {}", debian.join("var/media").join(rest).display()));
+            assert!(got.stdout.starts_with(sha.as_str()), "{path}");
+        }
+    }
 }

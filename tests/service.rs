@@ -79,13 +79,18 @@ fn staging_exists(data: &Path) -> bool {
         .any(|e| e.file_name().to_string_lossy().contains("synapse-backup-restore"))
 }
 
-/// Records, at each stop and start, the live signing key and whether the backup is staged.
+/// Records, at each stop and start, the live signing key and whether a staging directory (the
+/// staged backup before the swap, the replaced data after it) is beside the live data.
 fn watch(pebble: &PebbleStandIn, data: &Path) {
     let data = data.to_path_buf();
     pebble.observe(move |action| {
         let key = fs::read_to_string(data.join("example.com.signing.key")).unwrap_or_default();
         let live = if key == NEW_KEY { "live key" } else { "restored key" };
-        let staged = if staging_exists(&data) { "staged" } else { "not staged" };
+        let staged = if staging_exists(&data) {
+            "staging dir"
+        } else {
+            "no staging dir"
+        };
         format!("{action}: {live}, {staged}")
     });
 }
@@ -101,9 +106,13 @@ fn pebble_stops_synapse_after_staging_and_starts_it_after_the_swap() {
     assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
     assert_eq!(
         pebble.observed(),
-        ["stop: live key, staged", "start: restored key, not staged"]
+        ["stop: live key, staging dir", "start: restored key, staging dir"]
     );
     assert_eq!(pebble.protocol_errors(), 0);
+    assert!(
+        !staging_exists(&s.data),
+        "the replaced data is removed once Synapse runs"
+    );
     assert_eq!(backed_up_state(&s.data), s.backed_up);
 }
 
@@ -118,7 +127,7 @@ fn a_failure_after_the_stop_rolls_back_and_starts_synapse_again() {
     assert!(r.stderr.contains("failure injected"), "{}", r.stderr);
     assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
     // started again on the previous data, which is all still there
-    assert_eq!(pebble.observed()[1], "start: live key, not staged");
+    assert_eq!(pebble.observed()[1], "start: live key, no staging dir");
     assert_eq!(s.key(), NEW_KEY);
     assert_eq!(backed_up_state(&s.data), before);
     assert!(!staging_exists(&s.data));

@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod manifest;
 pub mod pipe;
 pub mod reader;
+mod stages;
 pub mod staging;
 pub mod writer;
 

@@ -12,18 +12,17 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
 use tar::EntryType;
 
 use super::manifest::{self, FileChunk, FileRecord, ManifestPart, Summary};
 use super::pipe::{pipe, PipeWriter};
-use super::writer::{first_cause, Hashing, PIPE_CHUNK, PIPE_DEPTH};
+use super::stages::{self, first_cause, Counters};
+use super::writer::{Hashing, PIPE_CHUNK, PIPE_DEPTH};
 use super::{crypto, ArchiveError, Header};
-use crate::progress::{Progress, ProgressSink};
+use crate::progress::ProgressSink;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,44 +63,25 @@ pub struct ReadSummary {
     pub manifest_checked: bool,
 }
 
-#[derive(Default)]
-struct Counters {
-    files: AtomicU64,
-    bytes: AtomicU64,
-}
-
 pub fn read(
     src: Box<dyn Read + Send>,
     passphrase: &Secret,
     visitor: &mut (dyn Visitor + Send),
     progress: &dyn ProgressSink,
 ) -> Result<ReadSummary, ArchiveError> {
-    let started = Instant::now();
     let counters = Counters::default();
     let (tx, rx) = pipe(PIPE_CHUNK, PIPE_DEPTH);
-    std::thread::scope(|s| {
-        let decryptor = s.spawn(move || decrypt_stage(src, passphrase, tx));
-        let unpacker = s.spawn(|| unpack_stage(BufReader::with_capacity(64 << 10, rx), visitor, &counters));
-        while !(decryptor.is_finished() && unpacker.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
-            progress.report(&Progress {
-                phase: "reading backup",
-                files: counters.files.load(Ordering::Relaxed),
-                bytes: counters.bytes.load(Ordering::Relaxed),
-                elapsed: started.elapsed(),
-            });
-        }
-        let decrypted = decryptor
-            .join()
-            .unwrap_or_else(|_| Err(ArchiveError::Refused("the decryption thread panicked".into())));
-        let unpacked = unpacker
-            .join()
-            .unwrap_or_else(|_| Err(ArchiveError::Refused("the unpacking thread panicked".into())));
-        match unpacked {
-            Ok(summary) => decrypted.map(|()| summary),
-            Err(e) => first_cause(decrypted, Err(e)).map(|()| ReadSummary::default()),
-        }
-    })
+    let (decrypted, unpacked) = stages::run(
+        "reading backup",
+        &counters,
+        progress,
+        move || decrypt_stage(src, passphrase, tx),
+        || unpack_stage(BufReader::with_capacity(64 << 10, rx), visitor, &counters),
+    );
+    match unpacked {
+        Ok(summary) => decrypted.map(|()| summary),
+        Err(e) => first_cause(decrypted, Err(e)).map(|()| ReadSummary::default()),
+    }
 }
 
 /// `Read` for a `Send`-only reader, where Sequoia asks for `Sync` too (it is only used from one thread).
@@ -212,15 +192,16 @@ fn unpack_stage<R: BufRead>(
             if data.len != size {
                 return Err(ArchiveError::Damaged(format!("{name} is shorter than its header says")));
             }
-            check.file(FileRecord {
-                path: name,
-                size,
-                sha256: data.hex(),
-            })?;
+            if summary.header.is_some() {
+                check.file(FileRecord {
+                    path: name,
+                    size,
+                    sha256: data.hex(),
+                })?;
+            }
             summary.files += 1;
             summary.bytes += size;
-            counters.files.store(summary.files, Ordering::Relaxed);
-            counters.bytes.store(summary.bytes, Ordering::Relaxed);
+            counters.set(summary.files, summary.bytes);
         }
     }
     // Read to the very end, so gzip's trailer and OpenPGP's integrity check are verified too.
@@ -294,12 +275,13 @@ impl ManifestCheck {
                 rec.path
             )));
         }
-        self.pending.push_back(rec);
-        if self.pending.len() > manifest::CHUNK {
-            // Not ours (the reference charm's archives have no manifest): stop keeping records.
-            self.pending.pop_front();
-            self.chunks = u64::MAX;
+        if self.pending.len() >= manifest::CHUNK {
+            return Err(ArchiveError::Manifest(format!(
+                "no manifest chunk lists {} or the files before it",
+                rec.path
+            )));
         }
+        self.pending.push_back(rec);
         Ok(())
     }
 

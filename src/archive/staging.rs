@@ -187,14 +187,31 @@ impl Stager {
             ));
         }
         if self.media_seen || self.roots.is_some() {
-            // The media directories become exactly what the backup holds, empty ones included.
-            for i in 0..MEDIA_DIRS.len() {
-                self.staged_root(Role::Media(i))?;
+            // The media directories become exactly what the backup holds, empty ones included;
+            // one the backup has no entry for keeps the live one's owner and mode.
+            for (i, dir) in MEDIA_DIRS.iter().enumerate() {
+                let fresh = !self.staged.contains_key(&Role::Media(i));
+                let Some(staged) = self.staged_root(Role::Media(i))? else {
+                    continue;
+                };
+                let live = self.cfg.media_store_path.join(dir);
+                let model = [live.as_path(), self.cfg.media_store_path.as_path()]
+                    .into_iter()
+                    .find_map(|p| fs::metadata(p).ok());
+                if let (true, Some(md)) = (fresh, model) {
+                    use std::os::unix::fs::MetadataExt;
+                    self.dirs.push((
+                        staged,
+                        md.mode(),
+                        u64::from(md.uid()),
+                        u64::from(md.gid()),
+                        md.mtime().max(0) as u64,
+                    ));
+                }
             }
         }
         // deepest first: a directory's mtime changes when something is created in it
-        self.dirs
-            .sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
         for (path, mode, uid, gid, mtime) in std::mem::take(&mut self.dirs) {
             self.own(&path, uid, gid)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777 & !0o6000))
@@ -217,6 +234,12 @@ impl Stager {
             }
             // the WAL was folded into the database
             self.staged.remove(&Role::DatabaseWal);
+        }
+        // Everything staged is on disk before anything live is moved (one syncfs per filesystem is
+        // far cheaper than an fsync per file).
+        for dir in self.staging.values() {
+            let synced = File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from));
+            synced.map_err(|e| write_err(dir, e))?;
         }
         self.cleanup = false;
         Ok(Staged {
@@ -252,7 +275,6 @@ impl Stager {
             };
             file.write_all(&buf[..n]).map_err(|err| write_err(path, err))?;
         }
-        file.sync_data().map_err(|err| write_err(path, err))?;
         let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime));
         drop(file);
         self.own(path, e.uid, e.gid)?;
@@ -268,12 +290,7 @@ impl Visitor for Stager {
                 h.tool, h.format
             )));
         }
-        if h.server_name != self.cfg.server_name && !self.force {
-            return Err(ArchiveError::Refused(format!(
-                "backup {} is of server {:?} but this Synapse is {:?}; restoring it would change the server's identity (force it if that is what you want)",
-                self.id, h.server_name, self.cfg.server_name
-            )));
-        }
+        check_server_name(&self.id, &h.server_name, &self.cfg.server_name, self.force)?;
         if h.database == "sqlite3" && self.cfg.database == Database::Postgres {
             self.notes.push(
                 "the backup holds a SQLite database but this Synapse uses PostgreSQL: the database was not restored"
@@ -403,8 +420,10 @@ impl Staged {
         &self.notes
     }
 
-    /// Moves every staged target into place; on failure, puts everything back as it was.
-    pub fn swap(mut self) -> Result<(), ArchiveError> {
+    /// Moves every staged target into place; on failure, puts everything back as it was. The
+    /// data that was replaced stays on disk until [`Previous::remove`] (after Synapse is started
+    /// again: deleting gigabytes can take a while).
+    pub fn swap(mut self) -> Result<Previous, ArchiveError> {
         let mut steps = Vec::new();
         let result = self.swap_all(&mut steps);
         if let Err(e) = result {
@@ -428,12 +447,9 @@ impl Staged {
             return Err(e);
         }
         self.done = true;
-        for dir in &self.staging {
-            if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!("could not remove {} (the previous data): {e}", dir.display());
-            }
-        }
-        Ok(())
+        Ok(Previous {
+            dirs: std::mem::take(&mut self.staging),
+        })
     }
 
     fn swap_all(&self, steps: &mut Vec<Step>) -> Result<(), ArchiveError> {
@@ -476,6 +492,35 @@ impl Drop for Staged {
         if !self.done {
             for dir in &self.staging {
                 let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// A backup of another server would change this server's identity: refused unless forced.
+pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool) -> Result<(), ArchiveError> {
+    if backup != current && !force {
+        return Err(ArchiveError::Refused(format!(
+            "backup {id} is of server {backup:?} but this Synapse is {current:?}; restoring it would change the server's identity (force it if that is what you want)"
+        )));
+    }
+    Ok(())
+}
+
+/// The data a restore replaced, waiting to be deleted.
+#[must_use]
+pub struct Previous {
+    dirs: Vec<PathBuf>,
+}
+
+impl Previous {
+    pub fn remove(self) {
+        for dir in &self.dirs {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!(
+                    "could not remove {} (the data the restore replaced): {e}",
+                    dir.display()
+                );
             }
         }
     }

@@ -12,8 +12,6 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, HeaderMode};
@@ -21,8 +19,9 @@ use tar::{EntryType, HeaderMode};
 use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
 use super::manifest::{self, FileChunk, FileRecord, Summary};
 use super::pipe::{pipe, PipeReader, PipeWriter};
+use super::stages::{self, first_cause, Counters};
 use super::{crypto, entry_name, ArchiveError, Header};
-use crate::progress::{Progress, ProgressSink};
+use crate::progress::ProgressSink;
 use crate::secret::Secret;
 use crate::store::Upload;
 
@@ -69,12 +68,6 @@ pub struct Written {
     pub bytes: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    files: AtomicU64,
-    bytes: AtomicU64,
-}
-
 /// Streams the plan, encrypted with `passphrase`, into `upload` (which the caller then finishes).
 pub fn write(
     plan: &Plan,
@@ -82,53 +75,20 @@ pub fn write(
     upload: &mut dyn Upload,
     progress: &dyn ProgressSink,
 ) -> Result<Written, ArchiveError> {
-    let started = Instant::now();
     let counters = Counters::default();
     let (tx, rx) = pipe(PIPE_CHUNK, PIPE_DEPTH);
-    std::thread::scope(|s| {
-        let producer = s.spawn(|| Producer::run(plan, tx, &counters));
-        let encryptor = s.spawn(|| encrypt_stage(rx, passphrase, upload));
-        let report = |c: &Counters| Progress {
-            phase: "backing up",
-            files: c.files.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-            elapsed: started.elapsed(),
-        };
-        while !(producer.is_finished() && encryptor.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
-            progress.report(&report(&counters));
-        }
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(ArchiveError::Refused("the archive thread panicked".into())));
-        let encrypted = encryptor
-            .join()
-            .unwrap_or_else(|_| Err(ArchiveError::Refused("the encryption thread panicked".into())));
-        first_cause(produced, encrypted)?;
-        Ok(Written {
-            files: counters.files.load(Ordering::Relaxed),
-            bytes: counters.bytes.load(Ordering::Relaxed),
-        })
+    let (produced, encrypted) = stages::run(
+        "backing up",
+        &counters,
+        progress,
+        || Producer::run(plan, tx, &counters),
+        || encrypt_stage(rx, passphrase, upload),
+    );
+    first_cause(produced, encrypted)?;
+    Ok(Written {
+        files: counters.files(),
+        bytes: counters.bytes(),
     })
-}
-
-/// Of two stages' results, the error that caused the other (a stage that only saw its neighbour
-/// stop reports a pipe error).
-pub(super) fn first_cause(a: Result<(), ArchiveError>, b: Result<(), ArchiveError>) -> Result<(), ArchiveError> {
-    match (a, b) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(a), Err(b)) => Err(if is_pipe_error(&a) { b } else { a }),
-    }
-}
-
-fn is_pipe_error(e: &ArchiveError) -> bool {
-    let io = match e {
-        ArchiveError::Io { source, .. } => source,
-        _ => return false,
-    };
-    matches!(io.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)
-        && io.to_string().contains("stage of the pipeline")
 }
 
 fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
@@ -170,7 +130,7 @@ impl<'a> Producer<'a> {
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
-        let owner = fs::metadata(&plan.sources.first().map(|s| s.read_from.clone()).unwrap_or_default())
+        let owner = fs::metadata(plan.sources.first().map(|s| s.read_from.clone()).unwrap_or_default())
             .map(|m| {
                 use std::os::unix::fs::MetadataExt;
                 (u64::from(m.uid()), u64::from(m.gid()))
@@ -307,8 +267,7 @@ impl<'a> Producer<'a> {
     fn record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
         self.files += 1;
         self.bytes += rec.size;
-        self.counters.files.store(self.files, Ordering::Relaxed);
-        self.counters.bytes.store(self.bytes, Ordering::Relaxed);
+        self.counters.set(self.files, self.bytes);
         self.chunk.push(rec);
         if self.chunk.len() >= manifest::CHUNK {
             self.flush_chunk()?;

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::archive::{self, staging::Stager};
+use crate::archive::{self, staging, staging::Stager};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
@@ -49,12 +49,21 @@ impl Restore<'_> {
             .head(self.id)?
             .ok_or_else(|| StoreError::NotFound(self.id.clone()))?;
         if let Some(name) = &info.meta.server_name {
-            self.check_server_name(name)?;
+            staging::check_server_name(self.id, name, &self.synapse.server_name, self.force)?;
         }
         self.check_free_space(info.size)?;
         let mut stager = Stager::new(self.synapse, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
+        tracing::info!(
+            "read and staged {} files in {:.1}s",
+            summary.files,
+            started.elapsed().as_secs_f64()
+        );
         let staged = stager.finish()?;
+        tracing::info!(
+            "staged data checked and synced at {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         let mut notes = staged.notes().to_vec();
 
         self.service.stop().map_err(|e| {
@@ -64,15 +73,17 @@ impl Restore<'_> {
             ))
         })?;
         let swapped = staged.swap();
+        tracing::info!("swapped in at {:.1}s", started.elapsed().as_secs_f64());
         let started_again = self.service.start();
-        match (swapped, started_again) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(e)) => {
+        let previous = match (swapped, started_again) {
+            (Ok(previous), Ok(())) => previous,
+            (Ok(previous), Err(e)) => {
+                previous.remove();
                 return Err(ServiceError(format!(
                     "the backup was restored but Synapse could not be started ({}): {e}",
                     self.service.describe()
                 ))
-                .into())
+                .into());
             }
             (Err(e), Ok(())) => return Err(e.into()),
             (Err(e), Err(s)) => {
@@ -82,7 +93,9 @@ impl Restore<'_> {
                 ))
                 .into())
             }
-        }
+        };
+        previous.remove();
+        tracing::info!("removed the replaced data at {:.1}s", started.elapsed().as_secs_f64());
         if !summary.manifest_checked {
             notes.push("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran".into());
         }
@@ -94,16 +107,6 @@ impl Restore<'_> {
             notes,
             elapsed: started.elapsed(),
         })
-    }
-
-    fn check_server_name(&self, backup: &str) -> Result<(), Error> {
-        if backup != self.synapse.server_name && !self.force {
-            return Err(Error::Refused(format!(
-                "backup {} is of server {backup:?} but this Synapse is {:?}; restoring it would change the server's identity (force it if that is what you want)",
-                self.id, self.synapse.server_name
-            )));
-        }
-        Ok(())
     }
 
     /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with
