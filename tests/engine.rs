@@ -430,7 +430,8 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
     disk.fill(1 << 20);
     let before = digest(&data);
     let run = cli(&config, &store, &["restore", &id]);
-    assert_untouched(&data, &before, &run, "no space left");
+    // refused before staging, by the free-space check
+    assert_untouched(&data, &before, &run, "not enough disk space");
 
     // a store on a full disk: the backup fails and nothing half-written is listed
     let full_store = disk.0.join("store");

@@ -35,13 +35,21 @@ impl Policy {
 /// The policy as list-backups and the CLI show it.
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = |d: u32| {
+            if d == 1 {
+                "1 day".to_string()
+            } else {
+                format!("{d} days")
+            }
+        };
         match (self.keep_last, self.older_than_days) {
             (0, None) => f.write_str("keep every backup"),
             (n, None) => write!(f, "keep the newest {n}"),
-            (0, Some(d)) => write!(f, "delete backups older than {d} days, always keeping the newest"),
+            (0, Some(d)) => write!(f, "delete backups older than {}, always keeping the newest", days(d)),
             (n, Some(d)) => write!(
                 f,
-                "keep the newest {n}, none older than {d} days, always keeping the newest"
+                "keep the newest {n}, none older than {}, always keeping the newest",
+                days(d)
             ),
         }
     }

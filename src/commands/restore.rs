@@ -160,7 +160,7 @@ impl Restore<'_> {
 /// The least free space a restore of a backup of `stored` bytes needs: the stored (compressed)
 /// size is a lower bound of what unpacks, so add a tenth and some room for the filesystem.
 pub fn space_needed(stored: u64) -> u64 {
-    stored.saturating_add(stored / 10).saturating_add(64 << 20)
+    stored.saturating_add(stored / 10).saturating_add(16 << 20)
 }
 
 /// `path`, or its nearest ancestor that exists (a wiped data directory is made again by staging).
@@ -181,8 +181,8 @@ mod tests {
 
     #[test]
     fn staging_needs_more_than_the_stored_size() {
-        assert_eq!(space_needed(0), 64 << 20);
-        assert_eq!(space_needed(1000 << 20), (1100 << 20) + (64 << 20));
+        assert_eq!(space_needed(0), 16 << 20);
+        assert_eq!(space_needed(1000 << 20), (1100 << 20) + (16 << 20));
         assert_eq!(space_needed(u64::MAX), u64::MAX);
     }
 

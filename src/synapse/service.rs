@@ -163,6 +163,18 @@ impl Pebble {
 
     /// Runs `action` (`stop` or `start`) on the service and waits until Pebble says it is done.
     fn act(&self, action: &str) -> Result<(), ServiceError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // a runtime cannot block inside another: called from async code, wait on a thread of our own
+            return std::thread::scope(|s| {
+                s.spawn(|| self.act_blocking(action))
+                    .join()
+                    .unwrap_or_else(|_| Err(self.error(format!("the {action} request failed"))))
+            });
+        }
+        self.act_blocking(action)
+    }
+
+    fn act_blocking(&self, action: &str) -> Result<(), ServiceError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -401,6 +413,15 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected pebble:<service>"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn works_when_called_from_async_code_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pebble = Pebble::new(dir.path().join("missing.socket"), "synapse");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let e = rt.block_on(async { pebble.stop() }).unwrap_err().to_string();
+        assert!(e.contains("cannot connect"), "{e}");
     }
 
     #[test]
