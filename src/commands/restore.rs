@@ -80,7 +80,7 @@ impl Restore<'_> {
             (Ok(previous), Err(e)) => {
                 previous.remove();
                 return Err(ServiceError(format!(
-                    "the backup was restored but Synapse could not be started ({}): {e}",
+                    "the backup was restored but {NOT_STARTED} ({}): {e}",
                     self.service.describe()
                 ))
                 .into());
@@ -88,7 +88,7 @@ impl Restore<'_> {
             (Err(e), Ok(())) => return Err(e.into()),
             (Err(e), Err(s)) => {
                 return Err(ServiceError(format!(
-                    "{e}; the previous data was put back but Synapse could not be started ({}): {s}",
+                    "{e}; the previous data was put back but {NOT_STARTED} ({}): {s}",
                     self.service.describe()
                 ))
                 .into())
@@ -157,6 +157,13 @@ impl Restore<'_> {
     }
 }
 
+const NOT_STARTED: &str = "Synapse could not be started";
+
+/// Did a restore fail leaving Synapse stopped? (The charm says so in the unit's status.)
+pub fn left_synapse_stopped(e: &Error) -> bool {
+    matches!(e, Error::Service(ServiceError(message)) if message.contains(NOT_STARTED))
+}
+
 /// The least free space a restore of a backup of `stored` bytes needs: the stored (compressed)
 /// size is a lower bound of what unpacks, so add a tenth and some room for the filesystem.
 pub fn space_needed(stored: u64) -> u64 {
@@ -178,6 +185,18 @@ fn nearest_existing(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_a_synapse_left_stopped() {
+        let stopped = Error::from(ServiceError(format!(
+            "the backup was restored but {NOT_STARTED} (x): y"
+        )));
+        assert!(left_synapse_stopped(&stopped));
+        let running = Error::from(ServiceError(
+            "could not stop Synapse (x), nothing was restored: y".into(),
+        ));
+        assert!(!left_synapse_stopped(&running));
+    }
 
     #[test]
     fn staging_needs_more_than_the_stored_size() {
