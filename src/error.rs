@@ -21,6 +21,9 @@ pub enum Error {
     Sqlite(#[from] SqliteError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// A restore failed and Synapse could not be started again: the unit's status must say so.
+    #[error("{0}")]
+    SynapseDown(String),
     #[error(transparent)]
     BackupId(#[from] InvalidBackupId),
     /// The command would do something harmful and was not forced.

@@ -66,12 +66,16 @@ impl Restore<'_> {
         );
         let mut notes = staged.notes().to_vec();
 
-        self.service.stop().map_err(|e| {
-            ServiceError(format!(
-                "could not stop Synapse ({}), nothing was restored: {e}",
-                self.service.describe()
-            ))
-        })?;
+        let service = self.service.describe();
+        if let Err(e) = self.service.stop() {
+            // it may be half-stopped: make sure it runs, since nothing was changed
+            return Err(match self.service.start() {
+                Ok(()) => ServiceError(format!("could not stop Synapse ({service}), nothing was restored: {e}")).into(),
+                Err(s) => Error::SynapseDown(format!(
+                    "could not stop Synapse ({service}), nothing was restored: {e}; and {NOT_STARTED}: {s}"
+                )),
+            });
+        }
         let swapped = staged.swap();
         tracing::info!("swapped in at {:.1}s", started.elapsed().as_secs_f64());
         let started_again = self.service.start();
@@ -79,19 +83,15 @@ impl Restore<'_> {
             (Ok(previous), Ok(())) => previous,
             (Ok(previous), Err(e)) => {
                 previous.remove();
-                return Err(ServiceError(format!(
-                    "the backup was restored but {NOT_STARTED} ({}): {e}",
-                    self.service.describe()
-                ))
-                .into());
+                return Err(Error::SynapseDown(format!(
+                    "the backup was restored but {NOT_STARTED} ({service}): {e}"
+                )));
             }
             (Err(e), Ok(())) => return Err(e.into()),
             (Err(e), Err(s)) => {
-                return Err(ServiceError(format!(
-                    "{e}; the previous data was put back but {NOT_STARTED} ({}): {s}",
-                    self.service.describe()
-                ))
-                .into())
+                return Err(Error::SynapseDown(format!(
+                    "{e}; the previous data was put back but {NOT_STARTED} ({service}): {s}"
+                )))
             }
         };
         previous.remove();
@@ -161,7 +161,7 @@ const NOT_STARTED: &str = "Synapse could not be started";
 
 /// Did a restore fail leaving Synapse stopped? (The charm says so in the unit's status.)
 pub fn left_synapse_stopped(e: &Error) -> bool {
-    matches!(e, Error::Service(ServiceError(message)) if message.contains(NOT_STARTED))
+    matches!(e, Error::SynapseDown(_))
 }
 
 /// The least free space a restore of a backup of `stored` bytes needs: the stored (compressed)
@@ -188,9 +188,7 @@ mod tests {
 
     #[test]
     fn tells_a_synapse_left_stopped() {
-        let stopped = Error::from(ServiceError(format!(
-            "the backup was restored but {NOT_STARTED} (x): y"
-        )));
+        let stopped = Error::SynapseDown(format!("the backup was restored but {NOT_STARTED} (x): y"));
         assert!(left_synapse_stopped(&stopped));
         let running = Error::from(ServiceError(
             "could not stop Synapse (x), nothing was restored: y".into(),
