@@ -23,7 +23,13 @@ fn related() -> Juju {
 #[test]
 fn unhandled_hooks_exit_zero_and_call_nothing() {
     let juju = Juju::new();
-    for hook in ["stop", "remove", "collect-metrics", "other-relation-joined", "pre-series-upgrade"] {
+    for hook in [
+        "stop",
+        "remove",
+        "collect-metrics",
+        "other-relation-joined",
+        "pre-series-upgrade",
+    ] {
         let run = juju.hook(hook);
         run.assert_ok();
         assert!(run.calls.is_empty(), "{hook}: {:?}", run.calls);
@@ -117,7 +123,10 @@ fn an_unreadable_credentials_secret_blocks_naming_the_key() {
 #[test]
 fn relation_broken_goes_back_to_active_and_writes_nothing() {
     let juju = related();
-    juju.set_remote_app_data(REL, json!({"bucket": "synapse", "secret-extra": "secret:cs1kf0nmp25c77aa7hb9"}));
+    juju.set_remote_app_data(
+        REL,
+        json!({"bucket": "synapse", "secret-extra": "secret:cs1kf0nmp25c77aa7hb9"}),
+    );
     let blocked = juju.relation_hook(REL, "changed", None);
     assert_eq!(blocked.status().0, "blocked");
     // during -broken Juju still lists the relation, and the provider's data may be unreadable
@@ -138,7 +147,11 @@ fn a_failed_hook_commits_no_relation_write() {
     juju.break_tool("status-set", "connection to the controller lost");
     let run = juju.relation_hook(REL, "created", None);
     assert_eq!(run.exit, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("connection to the controller lost"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("connection to the controller lost"),
+        "{}",
+        run.stderr
+    );
     // the charm did write its request, but Juju discards a failed hook's relation writes
     assert_eq!(run.calls_to("relation-set").len(), 1);
     assert!(juju.own_app_data(REL).is_null(), "{}", juju.own_app_data(REL));
@@ -153,7 +166,10 @@ fn an_ungranted_passphrase_secret_blocks_and_says_how_to_grant_it() {
     run.assert_ok().assert_no_secret(&[PASSPHRASE]);
     let (status, message) = run.status();
     assert_eq!(status, "blocked");
-    assert!(message.contains("juju grant-secret secret:d0passphrase0000000a synapse"), "{message}");
+    assert!(
+        message.contains("juju grant-secret secret:d0passphrase0000000a synapse"),
+        "{message}"
+    );
     // granting it and the secret-changed / config-changed that follows unblocks the unit
     juju.edit(|s| s["secrets"]["secret:d0passphrase0000000a"]["granted"] = json!(true));
     let run = juju.secret_changed("secret:d0passphrase0000000a");
@@ -180,7 +196,10 @@ fn actions_without_the_relation_say_how_to_integrate() {
         let run = juju.action(action, params);
         run.assert_ok().assert_no_secret(&[PASSPHRASE]);
         let failure = run.failure().unwrap_or_else(|| panic!("{action} did not fail"));
-        assert!(failure.contains("juju integrate synapse:backup s3-integrator"), "{action}: {failure}");
+        assert!(
+            failure.contains("juju integrate synapse:backup s3-integrator"),
+            "{action}: {failure}"
+        );
     }
 }
 
@@ -191,7 +210,10 @@ fn a_missing_passphrase_fails_the_action_with_the_option_name() {
         let run = juju.action(action, json!({"backup-id": "backup-20240206153012123456"}));
         run.assert_ok();
         let failure = run.failure().unwrap();
-        assert!(failure.starts_with("Missing backup_passphrase config option."), "{failure}");
+        assert!(
+            failure.starts_with("Missing backup_passphrase config option."),
+            "{failure}"
+        );
         assert!(failure.contains("backup_passphrase_secret"), "{failure}");
     }
 }
@@ -203,9 +225,13 @@ fn an_ungranted_passphrase_secret_fails_the_action() {
     juju.add_secret("secret:d0passphrase0000000b", json!({"passphrase": PASSPHRASE}), false);
     juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000b"));
     let run = juju.action("create-backup", json!({}));
-    run.assert_ok().assert_no_secret(&[PASSPHRASE, "the-plain-option-loses"]);
+    run.assert_ok()
+        .assert_no_secret(&[PASSPHRASE, "the-plain-option-loses"]);
     let failure = run.failure().unwrap();
-    assert!(failure.contains("juju grant-secret secret:d0passphrase0000000b synapse"), "{failure}");
+    assert!(
+        failure.contains("juju grant-secret secret:d0passphrase0000000b synapse"),
+        "{failure}"
+    );
 }
 
 #[test]
@@ -215,7 +241,11 @@ fn a_passphrase_secret_without_the_key_fails_the_action() {
     juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000c"));
     let run = juju.action("verify-backup", json!({"backup-id": "backup-20240206153012123456"}));
     run.assert_ok().assert_no_secret(&[PASSPHRASE]);
-    assert!(run.failure().unwrap().contains("no non-empty key `passphrase`"), "{:?}", run.failure());
+    assert!(
+        run.failure().unwrap().contains("no non-empty key `passphrase`"),
+        "{:?}",
+        run.failure()
+    );
 }
 
 #[test]
@@ -240,7 +270,10 @@ fn a_malformed_backup_id_is_refused() {
         let run = juju.action(action, json!({"backup-id": "yesterday"}));
         run.assert_ok();
         let failure = run.failure().unwrap();
-        assert!(failure.contains("\"yesterday\" is not a backup-id"), "{action}: {failure}");
+        assert!(
+            failure.contains("\"yesterday\" is not a backup-id"),
+            "{action}: {failure}"
+        );
     }
 }
 
@@ -319,7 +352,12 @@ fn the_double_follows_jujus_argument_grammar() {
     assert_eq!(code, 1, "{err}");
     // leadership: our own app bag is the leader's only
     juju.set_leader(false);
-    let (code, _, err) = juju.tool("relation-get", &["-r", REL, "--app", "-", "synapse", "--format=json"], "", &[]);
+    let (code, _, err) = juju.tool(
+        "relation-get",
+        &["-r", REL, "--app", "-", "synapse", "--format=json"],
+        "",
+        &[],
+    );
     assert_eq!((code, err.trim()), (1, "ERROR permission denied"));
     let (code, _, err) = juju.tool("relation-set", &["-r", REL, "--app", "k=v"], "", &[]);
     assert_eq!((code, err.trim()), (1, "ERROR cannot write relation settings"));
@@ -331,10 +369,20 @@ fn the_double_follows_jujus_argument_grammar() {
 #[test]
 fn the_double_commits_relation_writes_only_on_exit_zero() {
     let juju = related();
-    let (code, _, _) = juju.tool("relation-set", &["-r", REL, "--app", "--file", "-"], r#"{"a": "1"}"#, &[]);
+    let (code, _, _) = juju.tool(
+        "relation-set",
+        &["-r", REL, "--app", "--file", "-"],
+        r#"{"a": "1"}"#,
+        &[],
+    );
     assert_eq!(code, 0);
     // visible to the same hook's reads, not yet committed
-    let (_, out, _) = juju.tool("relation-get", &["--format=json", "-r", REL, "--app", "-", "synapse"], "", &[]);
+    let (_, out, _) = juju.tool(
+        "relation-get",
+        &["--format=json", "-r", REL, "--app", "-", "synapse"],
+        "",
+        &[],
+    );
     assert_eq!(out.trim(), r#"{"a": "1"}"#);
     assert!(juju.own_app_data(REL).is_null());
     juju.commit(1);
@@ -347,6 +395,12 @@ fn the_double_commits_relation_writes_only_on_exit_zero() {
     juju.commit(0);
     assert_eq!(juju.own_app_data(REL), json!({}));
     // refused in the relation's own -broken hook
-    let broken = [("JUJU_DISPATCH_PATH", "hooks/backup-relation-broken"), ("JUJU_RELATION_ID", REL)];
-    assert_eq!(juju.tool("relation-set", &["-r", REL, "--app", "c=3"], "", &broken).0, 1);
+    let broken = [
+        ("JUJU_DISPATCH_PATH", "hooks/backup-relation-broken"),
+        ("JUJU_RELATION_ID", REL),
+    ];
+    assert_eq!(
+        juju.tool("relation-set", &["-r", REL, "--app", "c=3"], "", &broken).0,
+        1
+    );
 }

@@ -38,10 +38,7 @@ struct Outcome {
 
 impl Outcome {
     fn ok(results: Vec<(String, String)>) -> Self {
-        Outcome {
-            results,
-            failure: None,
-        }
+        Outcome { results, failure: None }
     }
 }
 
@@ -182,7 +179,8 @@ fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
     })?
     .map_err(|e| failure("verify-backup", e))?;
     if !report.manifest_checked {
-        let _ = tools.action_log("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran");
+        let _ =
+            tools.action_log("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran");
     }
     Ok(Outcome::ok(vec![
         kv("backup-id", &report.id),
@@ -196,7 +194,7 @@ fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
 
 fn backup_id(params: &Map<String, Value>) -> Result<BackupId, String> {
     match params.get("backup-id") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().parse().map_err(|e| format!("{e}")),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().parse::<BackupId>().map_err(|e| e.to_string()),
         _ => Err("the backup-id parameter is required: `backup-id=backup-…` (see list-backups)".into()),
     }
 }

@@ -90,7 +90,10 @@ pub fn status(tools: &HookTools, state: &CharmState) -> Status {
         match &relation.s3 {
             S3Settings::AwaitingCredentials => {
                 let from = relation.remote_app.as_deref().unwrap_or("the S3 integrator");
-                return Status::new(StatusKind::Waiting, format!("Backup: waiting for S3 credentials from {from}"));
+                return Status::new(
+                    StatusKind::Waiting,
+                    format!("Backup: waiting for S3 credentials from {from}"),
+                );
             }
             S3Settings::Invalid(detail) => {
                 return Status::new(StatusKind::Blocked, format!("{INVALID_CONFIG} ({detail})"));

@@ -96,9 +96,9 @@ impl CharmState {
         let app = ctx.app_name().to_string();
         let config = tools.config_get()?;
         let leader = tools.is_leader()?;
-        let synapse_config = string_option(&config, option::SYNAPSE_CONFIG)
-            .unwrap_or_else(|| DEFAULT_SYNAPSE_CONFIG.to_string());
-        let passphrase = load_passphrase(tools, &config, &app);
+        let synapse_config =
+            string_option(&config, option::SYNAPSE_CONFIG).unwrap_or_else(|| DEFAULT_SYNAPSE_CONFIG.to_string());
+        let passphrase = load_passphrase(tools, ctx, &config, &app);
         let backup = load_backup_relation(tools, ctx, event, &app, leader)?;
         Ok(CharmState {
             app,
@@ -117,20 +117,28 @@ fn string_option(config: &Map<String, Value>, name: &str) -> Option<String> {
     }
 }
 
+/// Is this the `secret-changed` of the secret at `uri`? Then we read its new revision.
+fn changed_secret(ctx: &JujuContext, uri: &str) -> bool {
+    let id = |u: &str| u.rsplit(['/', ':']).next().unwrap_or_default().to_string();
+    ctx.secret_id.as_deref().is_some_and(|changed| id(changed) == id(uri))
+}
+
 fn load_passphrase(
     tools: &HookTools,
+    ctx: &JujuContext,
     config: &Map<String, Value>,
     app: &str,
 ) -> Result<Passphrase, PassphraseProblem> {
     if let Some(uri) = string_option(config, option::PASSPHRASE_SECRET) {
         let uri = uri.trim().to_string();
-        let content = tools
-            .secret_get(&uri)
-            .map_err(|e| PassphraseProblem::SecretUnreadable {
-                uri: uri.clone(),
-                app: app.to_string(),
-                reason: e.message(),
-            })?;
+        let content =
+            tools
+                .secret_get(&uri, changed_secret(ctx, &uri))
+                .map_err(|e| PassphraseProblem::SecretUnreadable {
+                    uri: uri.clone(),
+                    app: app.to_string(),
+                    reason: e.message(),
+                })?;
         return content
             .get(PASSPHRASE_SECRET_KEY)
             .filter(|p| !p.is_empty())
@@ -177,7 +185,7 @@ fn load_backup_relation(
     };
     let provider_is_track2 = provider.get("lib-version").is_some_and(|v| !v.is_empty());
     let provider_is_empty = provider.values().all(|v| v.is_empty());
-    let s3 = s3_settings(tools, provider);
+    let s3 = s3_settings(tools, ctx, provider);
     Ok(Some(BackupRelation {
         id,
         remote_app,
@@ -190,14 +198,14 @@ fn load_backup_relation(
 
 /// The provider's settings with credentials in place (from the databag, or from the secret
 /// named by `secret-extra`), parsed by the S3 store's own parser.
-fn s3_settings(tools: &HookTools, provider: BTreeMap<String, String>) -> S3Settings {
+fn s3_settings(tools: &HookTools, ctx: &JujuContext, provider: BTreeMap<String, String>) -> S3Settings {
     let mut settings: BTreeMap<String, String> = provider
         .iter()
         .filter(|(k, v)| !v.is_empty() && !PROVIDER_BOOKKEEPING.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(uri) = provider.get("secret-extra").filter(|v| !v.is_empty()) {
-        match tools.secret_get(uri) {
+        match tools.secret_get(uri, changed_secret(ctx, uri)) {
             Ok(content) => {
                 for key in CREDENTIAL_KEYS {
                     if let Some(value) = content.get(key) {

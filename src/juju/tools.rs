@@ -8,7 +8,6 @@
 //! `secret-get`'s stdout and are wrapped in [`Secret`] at once.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fmt;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -144,13 +143,14 @@ impl HookTools {
 
     fn run(&self, tool: &'static str, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, ToolError> {
         let mut cmd = Command::new(tool);
-        cmd.args(args.iter().map(OsStr::new))
+        cmd.args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ToolError::Spawn { tool, source })?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input).map_err(|source| ToolError::Spawn { tool, source })?;
+            pipe.write_all(input)
+                .map_err(|source| ToolError::Spawn { tool, source })?;
         }
         let out = child
             .wait_with_output()
@@ -231,15 +231,24 @@ impl HookTools {
             tool: "relation-set",
             reason: e.to_string(),
         })?;
-        self.run("relation-set", &["-r", relation_id, "--app", "--file", "-"], Some(&body))?;
+        self.run(
+            "relation-set",
+            &["-r", relation_id, "--app", "--file", "-"],
+            Some(&body),
+        )?;
         Ok(())
     }
 
     // --- secrets ---
 
-    /// The content of a secret, every value wrapped as a [`Secret`] at once.
-    pub fn secret_get(&self, uri: &str) -> Result<BTreeMap<String, Secret>, ToolError> {
-        let out = self.run("secret-get", &["--format=json", uri], None)?;
+    /// The content of a secret, every value wrapped as a [`Secret`] at once. `refresh` moves us
+    /// to the latest revision (in `secret-changed`; otherwise Juju keeps serving the one we track).
+    pub fn secret_get(&self, uri: &str, refresh: bool) -> Result<BTreeMap<String, Secret>, ToolError> {
+        let mut args = vec!["--format=json", uri];
+        if refresh {
+            args.push("--refresh");
+        }
+        let out = self.run("secret-get", &args, None)?;
         let map: BTreeMap<String, Value> = serde_json::from_slice(&out).map_err(|_| ToolError::Output {
             tool: "secret-get",
             reason: "the secret's content is not a JSON map".into(),
@@ -364,7 +373,17 @@ mod tests {
         for ok in ["backup-id", "backups.backup-20240206153012123456.size", "a", "x1.2y"] {
             assert!(check_result_key(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Backup", "-a", "a-", "a..b", "a.stdout", "stderr-encoding", "a_b", "a=b"] {
+        for bad in [
+            "",
+            "Backup",
+            "-a",
+            "a-",
+            "a..b",
+            "a.stdout",
+            "stderr-encoding",
+            "a_b",
+            "a=b",
+        ] {
             assert!(check_result_key(bad).is_err(), "{bad}");
         }
     }

@@ -56,11 +56,7 @@ impl super::ObjectStore for S3Store {
     fn head(&self, _: &crate::backup_id::BackupId) -> Result<Option<super::ObjectInfo>, StoreError> {
         Err(StoreError::Other("S3 is not implemented yet".into()))
     }
-    fn put(
-        &self,
-        _: &crate::backup_id::BackupId,
-        _: &super::ObjectMeta,
-    ) -> Result<Box<dyn super::Upload>, StoreError> {
+    fn put(&self, _: &crate::backup_id::BackupId, _: &super::ObjectMeta) -> Result<Box<dyn super::Upload>, StoreError> {
         Err(StoreError::Other("S3 is not implemented yet".into()))
     }
     fn get(&self, _: &crate::backup_id::BackupId) -> Result<Box<dyn std::io::Read + Send>, StoreError> {

@@ -187,7 +187,11 @@ impl Juju {
         let uuid = self.context.get().to_string();
         self.dispatch(
             &format!("actions/{name}"),
-            &[("JUJU_ACTION_NAME", name), ("JUJU_ACTION_UUID", &uuid), ("JUJU_HOOK_NAME", "")],
+            &[
+                ("JUJU_ACTION_NAME", name),
+                ("JUJU_ACTION_UUID", &uuid),
+                ("JUJU_HOOK_NAME", ""),
+            ],
         )
     }
 
@@ -228,7 +232,9 @@ impl Juju {
             .unwrap();
         assert!(commit.status.success(), "{}", String::from_utf8_lossy(&commit.stderr));
         let state = self.state();
-        let calls = state["calls"].as_array().map_or(Vec::new(), |c| c[calls_before..].to_vec());
+        let calls = state["calls"]
+            .as_array()
+            .map_or(Vec::new(), |c| c[calls_before..].to_vec());
         Dispatch {
             exit,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -304,8 +310,18 @@ impl Dispatch {
         self.calls_to("status-set")
             .iter()
             .map(|c| {
-                let argv: Vec<&str> = c["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-                let message = argv.iter().skip_while(|a| **a != "--").skip(1).copied().collect::<Vec<_>>();
+                let argv: Vec<&str> = c["argv"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                let message = argv
+                    .iter()
+                    .skip_while(|a| **a != "--")
+                    .skip(1)
+                    .copied()
+                    .collect::<Vec<_>>();
                 (argv[0].to_string(), message.join(" "))
             })
             .collect()
@@ -355,7 +371,11 @@ impl Dispatch {
 
     /// Panics if dispatch failed or if a tool was called with arguments Juju would refuse.
     pub fn assert_ok(&self) -> &Self {
-        assert_eq!(self.exit, 0, "dispatch failed:\n{}\ncalls: {:#?}", self.stderr, self.calls);
+        assert_eq!(
+            self.exit, 0,
+            "dispatch failed:\n{}\ncalls: {:#?}",
+            self.stderr, self.calls
+        );
         for c in &self.calls {
             assert_ne!(c["exit"], 2, "a tool refused its arguments: {c}");
         }

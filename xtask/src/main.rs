@@ -72,7 +72,15 @@ fn build_release(root: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "--locked", "--package", "synapse-backup", "--bin", "synapse-backup"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "synapse-backup",
+            "--bin",
+            "synapse-backup",
+        ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
@@ -92,7 +100,9 @@ fn check_binary(bytes: &[u8]) -> Result<(), String> {
     }
     let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
     if machine != EM_X86_64 {
-        return Err(format!("the binary is not x86-64 (ELF machine {machine}); the charm declares amd64"));
+        return Err(format!(
+            "the binary is not x86-64 (ELF machine {machine}); the charm declares amd64"
+        ));
     }
     if let Some((major, minor)) = newest_glibc(bytes) {
         for (channel, glibc) in BASES {
@@ -156,7 +166,8 @@ fn pack(root: &Path, binary: &[u8], output: &Path) -> Result<(), String> {
     let io_err = |e: std::io::Error| format!("cannot write {}: {e}", partial.display());
     let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
 
-    zip.start_file("dispatch", options.unix_permissions(0o755)).map_err(zip_err)?;
+    zip.start_file("dispatch", options.unix_permissions(0o755))
+        .map_err(zip_err)?;
     zip.write_all(binary).map_err(io_err)?;
     for name in CHARM_FILES {
         let text = fs::read(root.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
@@ -202,9 +213,21 @@ mod tests {
         let mut zip = zip::ZipArchive::new(fs::File::open(&out).unwrap()).unwrap();
         let mut names: Vec<String> = zip.file_names().map(String::from).collect();
         names.sort();
-        assert_eq!(names, ["actions.yaml", "config.yaml", "dispatch", "manifest.yaml", "metadata.yaml"]);
+        assert_eq!(
+            names,
+            [
+                "actions.yaml",
+                "config.yaml",
+                "dispatch",
+                "manifest.yaml",
+                "metadata.yaml"
+            ]
+        );
         assert_eq!(zip.by_name("dispatch").unwrap().unix_mode().unwrap() & 0o777, 0o755);
-        assert_eq!(zip.by_name("metadata.yaml").unwrap().unix_mode().unwrap() & 0o777, 0o644);
+        assert_eq!(
+            zip.by_name("metadata.yaml").unwrap().unix_mode().unwrap() & 0o777,
+            0o644
+        );
         let mut manifest = String::new();
         std::io::Read::read_to_string(&mut zip.by_name("manifest.yaml").unwrap(), &mut manifest).unwrap();
         assert!(manifest.contains("channel: \"22.04\"") && manifest.contains("channel: \"24.04\""));
