@@ -21,7 +21,7 @@ use crate::juju::{HookTools, LogLevel, Status, StatusKind, ToolError};
 use crate::progress::{Progress, ProgressSink, Throttled};
 use crate::secret::Passphrase;
 use crate::store::s3::S3Store;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use crate::synapse::config::parse_path_list;
 use crate::synapse::SynapseConfig;
 use crate::units::{human_bytes, human_rate, rfc3339};
@@ -120,8 +120,26 @@ fn list(state: &CharmState) -> Result<Outcome, String> {
             results.push(kv(&format!("{prefix}.server-name"), name));
         }
     }
-    results.push(kv("formatted", crate::cli::format_table(&backups)));
+    results.push(kv("formatted", formatted_table(&backups)));
     Ok(Outcome::ok(results))
+}
+
+/// A single command-line argument is capped at 128 KiB (Linux's MAX_ARG_STRLEN): past that, the
+/// table shows the newest backups and says how many older ones it leaves out (the `backups.*`
+/// results still list them all).
+const FORMATTED_MAX: usize = 96 * 1024;
+
+fn formatted_table(backups: &[ObjectInfo]) -> String {
+    let mut shown = backups;
+    let mut table = crate::cli::format_table(shown);
+    while table.len() > FORMATTED_MAX && shown.len() > 1 {
+        shown = &shown[shown.len() / 2..];
+        table = crate::cli::format_table(shown);
+    }
+    if shown.len() < backups.len() {
+        table.push_str(&format!("\n… {} older backups not shown", backups.len() - shown.len()));
+    }
+    table
 }
 
 fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, String> {
@@ -283,4 +301,27 @@ impl ProgressSink for ActionLog<'_> {
 
 fn action_log(tools: &HookTools) -> Throttled<ActionLog<'_>> {
     Throttled::new(ActionLog(tools), PROGRESS_EVERY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn a_huge_listing_still_fits_one_argument() {
+        let backups: Vec<ObjectInfo> = (0..5000u32)
+            .map(|i| ObjectInfo {
+                id: format!("backup-2024010100000000{i:04}").parse().unwrap(),
+                size: 1 << 30,
+                last_modified: SystemTime::UNIX_EPOCH,
+                meta: Default::default(),
+            })
+            .collect();
+        let table = formatted_table(&backups);
+        assert!(table.len() <= FORMATTED_MAX + 100, "{}", table.len());
+        assert!(table.contains("backup-20240101000000004999"));
+        assert!(table.ends_with("older backups not shown"));
+        assert_eq!(formatted_table(&backups[..3]).lines().count(), 4);
+    }
 }
