@@ -172,3 +172,4 @@ pub fn wipe(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("media_store/local_content"));
     let _ = std::fs::remove_dir_all(dir.join("media_store/local_thumbnails"));
 }
+pub mod juju;

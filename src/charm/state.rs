@@ -1,0 +1,236 @@
+//! The world as this event sees it, read once and validated into one typed [`CharmState`]:
+//! config, leadership, the `backup` relation (the provider's databag, with credentials from the
+//! Juju secret named by `secret-extra` when the provider sent them that way), and the backup
+//! passphrase (from `backup_passphrase`, or from the user secret in `backup_passphrase_secret`,
+//! which wins). Handlers then act on this value and never call a hook tool to read.
+//!
+//! Problems the operator can fix (a bad S3 setting, an ungranted secret) are values here, not
+//! errors: handlers turn them into a blocked status or an action failure. Only a hook tool that
+//! fails unexpectedly is an error.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::juju::{Event, HookTools, JujuContext, ToolError};
+use crate::secret::Passphrase;
+use crate::store::s3::{S3ConfigError, S3Params};
+
+/// The endpoint s3-integrator is integrated on (`juju integrate synapse:backup s3-integrator`).
+pub const ENDPOINT: &str = "backup";
+pub const DEFAULT_SYNAPSE_CONFIG: &str = "/data/homeserver.yaml";
+
+/// Config option names, as in `config.yaml`.
+pub mod option {
+    pub const PASSPHRASE: &str = "backup_passphrase";
+    pub const PASSPHRASE_SECRET: &str = "backup_passphrase_secret";
+    pub const SYNAPSE_CONFIG: &str = "synapse_config";
+}
+
+/// The key of the passphrase inside the user secret named by `backup_passphrase_secret`.
+pub const PASSPHRASE_SECRET_KEY: &str = "passphrase";
+
+/// Provider databag keys that are the s3 library's bookkeeping, not S3 settings.
+const PROVIDER_BOOKKEEPING: [&str; 3] = ["data", "lib-version", "secret-extra"];
+const CREDENTIAL_KEYS: [&str; 2] = ["access-key", "secret-key"];
+
+#[derive(Debug)]
+pub struct CharmState {
+    /// `synapse` (from the unit name).
+    pub app: String,
+    pub leader: bool,
+    /// `synapse_config`: comma-separated Synapse config files or directories.
+    pub synapse_config: String,
+    pub passphrase: Result<Passphrase, PassphraseProblem>,
+    pub backup: Option<BackupRelation>,
+}
+
+/// Why there is no passphrase; `Display` says what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PassphraseProblem {
+    #[error(
+        "Missing backup_passphrase config option. Set it with `juju config {app} backup_passphrase=…`, or put it in a \
+         user secret (key `passphrase`) and set backup_passphrase_secret to the secret's URI."
+    )]
+    Missing { app: String },
+    #[error(
+        "cannot read the secret {uri} named by backup_passphrase_secret ({reason}). Grant it to the application: \
+         `juju grant-secret {uri} {app}`."
+    )]
+    SecretUnreadable { uri: String, app: String, reason: String },
+    #[error(
+        "the secret {uri} named by backup_passphrase_secret has no non-empty key `passphrase`: \
+         `juju update-secret {uri} passphrase=…`."
+    )]
+    SecretWithoutPassphrase { uri: String },
+}
+
+/// The `backup` relation with s3-integrator.
+#[derive(Debug)]
+pub struct BackupRelation {
+    /// `backup:3`.
+    pub id: String,
+    pub remote_app: Option<String>,
+    /// The provider runs the track-2 library (it wrote `lib-version`).
+    pub provider_is_track2: bool,
+    /// The provider's databag holds no setting at all yet.
+    pub provider_is_empty: bool,
+    /// Our own application's databag; read only when we are the leader (Juju allows no one else).
+    pub own: Option<BTreeMap<String, String>>,
+    pub s3: S3Settings,
+}
+
+/// What the provider's databag says about S3.
+#[derive(Debug)]
+pub enum S3Settings {
+    /// No credentials yet: the provider has not answered.
+    AwaitingCredentials,
+    /// The settings are unusable: `<databag key>: <why>` (never a secret's value).
+    Invalid(String),
+    Ready(Box<S3Params>),
+}
+
+impl CharmState {
+    /// Reads everything this event needs, once.
+    pub fn load(tools: &HookTools, ctx: &JujuContext, event: &Event) -> Result<CharmState, ToolError> {
+        let app = ctx.app_name().to_string();
+        let config = tools.config_get()?;
+        let leader = tools.is_leader()?;
+        let synapse_config =
+            string_option(&config, option::SYNAPSE_CONFIG).unwrap_or_else(|| DEFAULT_SYNAPSE_CONFIG.to_string());
+        let passphrase = load_passphrase(tools, ctx, &config, &app);
+        let backup = load_backup_relation(tools, ctx, event, &app, leader)?;
+        Ok(CharmState {
+            app,
+            leader,
+            synapse_config,
+            passphrase,
+            backup,
+        })
+    }
+}
+
+fn string_option(config: &Map<String, Value>, name: &str) -> Option<String> {
+    match config.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Is this the `secret-changed` of the secret at `uri`? Then we read its new revision.
+fn changed_secret(ctx: &JujuContext, uri: &str) -> bool {
+    let id = |u: &str| u.rsplit(['/', ':']).next().unwrap_or_default().to_string();
+    ctx.secret_id.as_deref().is_some_and(|changed| id(changed) == id(uri))
+}
+
+fn load_passphrase(
+    tools: &HookTools,
+    ctx: &JujuContext,
+    config: &Map<String, Value>,
+    app: &str,
+) -> Result<Passphrase, PassphraseProblem> {
+    if let Some(uri) = string_option(config, option::PASSPHRASE_SECRET) {
+        let uri = uri.trim().to_string();
+        let content =
+            tools
+                .secret_get(&uri, changed_secret(ctx, &uri))
+                .map_err(|e| PassphraseProblem::SecretUnreadable {
+                    uri: uri.clone(),
+                    app: app.to_string(),
+                    reason: e.message(),
+                })?;
+        return content
+            .get(PASSPHRASE_SECRET_KEY)
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .ok_or(PassphraseProblem::SecretWithoutPassphrase { uri });
+    }
+    match config.get(option::PASSPHRASE) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(Passphrase::new(s)),
+        _ => Err(PassphraseProblem::Missing { app: app.to_string() }),
+    }
+}
+
+fn load_backup_relation(
+    tools: &HookTools,
+    ctx: &JujuContext,
+    event: &Event,
+    app: &str,
+    leader: bool,
+) -> Result<Option<BackupRelation>, ToolError> {
+    // In `-relation-broken` Juju still lists the relation being removed: it is gone for us.
+    let broken = match event {
+        Event::Hook(h) if h == &format!("{ENDPOINT}-relation-broken") => ctx.relation_id.clone(),
+        _ => None,
+    };
+    let Some(id) = tools
+        .relation_ids(ENDPOINT)?
+        .into_iter()
+        .find(|id| Some(id) != broken.as_ref())
+    else {
+        return Ok(None);
+    };
+    let remote_app = match (&ctx.relation_id, &ctx.remote_app) {
+        (Some(rid), Some(remote)) if rid == &id => Some(remote.clone()),
+        _ => tools.relation_remote_app(&id)?,
+    };
+    let provider = match &remote_app {
+        Some(remote) => tools.relation_get_app(&id, remote)?,
+        None => BTreeMap::new(),
+    };
+    let own = if leader {
+        Some(tools.relation_get_app(&id, app)?)
+    } else {
+        None
+    };
+    let provider_is_track2 = provider.get("lib-version").is_some_and(|v| !v.is_empty());
+    let provider_is_empty = provider.values().all(|v| v.is_empty());
+    let s3 = s3_settings(tools, ctx, provider);
+    Ok(Some(BackupRelation {
+        id,
+        remote_app,
+        provider_is_track2,
+        provider_is_empty,
+        own,
+        s3,
+    }))
+}
+
+/// The provider's settings with credentials in place (from the databag, or from the secret
+/// named by `secret-extra`), parsed by the S3 store's own parser.
+fn s3_settings(tools: &HookTools, ctx: &JujuContext, provider: BTreeMap<String, String>) -> S3Settings {
+    let mut settings: BTreeMap<String, String> = provider
+        .iter()
+        .filter(|(k, v)| !v.is_empty() && !PROVIDER_BOOKKEEPING.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(uri) = provider.get("secret-extra").filter(|v| !v.is_empty()) {
+        match tools.secret_get(uri, changed_secret(ctx, uri)) {
+            Ok(content) => {
+                for key in CREDENTIAL_KEYS {
+                    if let Some(value) = content.get(key) {
+                        settings.insert(key.to_string(), value.expose(str::to_string));
+                    }
+                }
+            }
+            Err(e) => {
+                return S3Settings::Invalid(format!(
+                    "secret-extra: cannot read the credentials secret ({})",
+                    e.message()
+                ))
+            }
+        }
+    }
+    if CREDENTIAL_KEYS.iter().all(|k| !settings.contains_key(*k)) {
+        return S3Settings::AwaitingCredentials;
+    }
+    match S3Params::from_map(&settings) {
+        Ok(params) => S3Settings::Ready(Box::new(params)),
+        Err(e) => S3Settings::Invalid(describe_s3_config_error(&e)),
+    }
+}
+
+/// `<key>: <reason>`: the S3 parser's own sentence names the key at fault.
+fn describe_s3_config_error(e: &S3ConfigError) -> String {
+    e.to_string()
+}

@@ -1,0 +1,406 @@
+//! The charm driven as Juju drives it: the real binary as `dispatch`, the `JUJU_*` environment, the
+//! hook-tool double first on PATH (commit on exit 0). What a Juju user would check: the unit's
+//! status, what the charm wrote for s3-integrator, each action's results or failure message, and
+//! that no secret shows up anywhere.
+
+mod common;
+
+use common::juju::Juju;
+use common::PASSPHRASE;
+use serde_json::json;
+
+const REL: &str = "backup:3";
+const S3_SECRET_KEY: &str = "s3-secret-key-do-not-leak-0123456789";
+
+fn related() -> Juju {
+    let juju = Juju::new();
+    juju.add_relation(REL, "s3-integrator", &["s3-integrator/0"]);
+    juju
+}
+
+// --- hooks --------------------------------------------------------------------------------------
+
+#[test]
+fn unhandled_hooks_exit_zero_and_call_nothing() {
+    let juju = Juju::new();
+    for hook in [
+        "stop",
+        "remove",
+        "collect-metrics",
+        "other-relation-joined",
+        "pre-series-upgrade",
+    ] {
+        let run = juju.hook(hook);
+        run.assert_ok();
+        assert!(run.calls.is_empty(), "{hook}: {:?}", run.calls);
+    }
+}
+
+#[test]
+fn without_the_relation_the_unit_is_active() {
+    let juju = Juju::new();
+    for hook in ["install", "config-changed", "start", "update-status", "leader-elected"] {
+        let run = juju.hook(hook);
+        run.assert_ok();
+        assert_eq!(run.status(), ("active".into(), "".into()), "{hook}");
+    }
+}
+
+#[test]
+fn relation_asks_for_credentials_both_generations_understand() {
+    let juju = related();
+    let created = juju.relation_hook(REL, "created", None);
+    created.assert_ok();
+    let own = juju.own_app_data(REL);
+    assert_eq!(own["requested-secrets"], r#"["access-key", "secret-key"]"#);
+    assert_eq!(own["lib-version"], "1.0");
+    // no bucket made up on the first contact: a track-2 provider would adopt it
+    assert!(own.get("bucket").is_none(), "{own}");
+    assert_eq!(created.status().0, "waiting");
+    assert!(created.status().1.contains("s3-integrator"), "{:?}", created.status());
+    // what is already there is not written again (that would wake the provider up for nothing)
+    let joined = juju.relation_hook(REL, "joined", Some("s3-integrator/0"));
+    joined.assert_ok();
+    assert!(joined.calls_to("relation-set").is_empty());
+}
+
+#[test]
+fn a_silent_track1_provider_gets_a_bucket_nudge() {
+    let juju = related();
+    juju.relation_hook(REL, "created", None).assert_ok();
+    juju.relation_hook(REL, "joined", Some("s3-integrator/0")).assert_ok();
+    juju.relation_hook(REL, "changed", Some("s3-integrator/0")).assert_ok();
+    let own = juju.own_app_data(REL);
+    assert_eq!(own["bucket"], "test-model-synapse-backups", "{own}");
+}
+
+#[test]
+fn a_track2_provider_never_gets_a_made_up_bucket() {
+    let juju = related();
+    juju.relation_hook(REL, "created", None).assert_ok();
+    // the provider answered in the track-2 way, without credentials yet
+    juju.set_remote_app_data(REL, json!({"lib-version": "1.0", "endpoint": "http://10.0.0.5:7480"}));
+    juju.relation_hook(REL, "changed", None).assert_ok();
+    let own = juju.own_app_data(REL);
+    assert!(own.get("bucket").is_none(), "{own}");
+}
+
+#[test]
+fn a_non_leader_reads_but_never_writes_the_app_databag() {
+    let juju = related();
+    juju.set_leader(false);
+    let run = juju.relation_hook(REL, "created", None);
+    run.assert_ok();
+    assert!(run.calls_to("relation-set").is_empty());
+    for call in &run.calls {
+        assert_eq!(call["exit"], 0, "{call}");
+    }
+    assert_eq!(run.status().0, "waiting");
+}
+
+#[test]
+fn an_unreadable_credentials_secret_blocks_naming_the_key() {
+    let juju = related();
+    juju.add_secret(
+        "secret:cs1kf0nmp25c77aa7hb0",
+        json!({"access-key": "AKIAEXAMPLE", "secret-key": S3_SECRET_KEY}),
+        false,
+    );
+    juju.set_remote_app_data(
+        REL,
+        json!({"bucket": "synapse", "endpoint": "http://127.0.0.1:1", "secret-extra": "secret:cs1kf0nmp25c77aa7hb0", "lib-version": "1.0"}),
+    );
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok().assert_no_secret(&[S3_SECRET_KEY]);
+    let (status, message) = run.status();
+    assert_eq!(status, "blocked");
+    assert!(
+        message.starts_with("Backup: S3 configuration is invalid") && message.contains("secret-extra"),
+        "{message}"
+    );
+}
+
+#[test]
+fn relation_broken_goes_back_to_active_and_writes_nothing() {
+    let juju = related();
+    juju.set_remote_app_data(
+        REL,
+        json!({"bucket": "synapse", "secret-extra": "secret:cs1kf0nmp25c77aa7hb9"}),
+    );
+    let blocked = juju.relation_hook(REL, "changed", None);
+    assert_eq!(blocked.status().0, "blocked");
+    // during -broken Juju still lists the relation, and the provider's data may be unreadable
+    juju.edit(|s| s["relations"][REL]["remote_unreadable"] = json!(true));
+    let broken = juju.relation_hook(REL, "broken", None);
+    broken.assert_ok();
+    assert_eq!(broken.status(), ("active".into(), "".into()));
+    assert!(broken.calls_to("relation-set").is_empty());
+    juju.remove_relation(REL);
+    let after = juju.hook("update-status");
+    after.assert_ok();
+    assert_eq!(after.status(), ("active".into(), "".into()));
+}
+
+#[test]
+fn a_failed_hook_commits_no_relation_write() {
+    let juju = related();
+    juju.break_tool("status-set", "connection to the controller lost");
+    let run = juju.relation_hook(REL, "created", None);
+    assert_eq!(run.exit, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("connection to the controller lost"),
+        "{}",
+        run.stderr
+    );
+    // the charm did write its request, but Juju discards a failed hook's relation writes
+    assert_eq!(run.calls_to("relation-set").len(), 1);
+    assert!(juju.own_app_data(REL).is_null(), "{}", juju.own_app_data(REL));
+}
+
+#[test]
+fn an_ungranted_passphrase_secret_blocks_and_says_how_to_grant_it() {
+    let juju = Juju::new();
+    juju.add_secret("secret:d0passphrase0000000a", json!({"passphrase": PASSPHRASE}), false);
+    juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000a"));
+    let run = juju.hook("config-changed");
+    run.assert_ok().assert_no_secret(&[PASSPHRASE]);
+    let (status, message) = run.status();
+    assert_eq!(status, "blocked");
+    assert!(
+        message.contains("juju grant-secret secret:d0passphrase0000000a synapse"),
+        "{message}"
+    );
+    // granting it and the secret-changed / config-changed that follows unblocks the unit
+    juju.edit(|s| s["secrets"]["secret:d0passphrase0000000a"]["granted"] = json!(true));
+    let run = juju.secret_changed("secret:d0passphrase0000000a");
+    run.assert_ok();
+    assert_eq!(run.status(), ("active".into(), "".into()));
+}
+
+// --- actions ------------------------------------------------------------------------------------
+
+#[test]
+fn actions_without_the_relation_say_how_to_integrate() {
+    let juju = Juju::new();
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    let tree = tempfile::tempdir().unwrap();
+    let config = common::fixture(&tree.path().join("data"), "1M", "small");
+    juju.config("synapse_config", json!(config.to_str().unwrap()));
+    for (action, params) in [
+        ("create-backup", json!({})),
+        ("list-backups", json!({})),
+        ("restore-backup", json!({"backup-id": "backup-20240206153012123456"})),
+        ("delete-backup", json!({"backup-id": "backup-20240206153012123456"})),
+        ("verify-backup", json!({"backup-id": "backup-20240206153012123456"})),
+    ] {
+        let run = juju.action(action, params);
+        run.assert_ok().assert_no_secret(&[PASSPHRASE]);
+        let failure = run.failure().unwrap_or_else(|| panic!("{action} did not fail"));
+        assert!(
+            failure.contains("juju integrate synapse:backup s3-integrator"),
+            "{action}: {failure}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_passphrase_fails_the_action_with_the_option_name() {
+    let juju = related();
+    for action in ["create-backup", "restore-backup", "verify-backup"] {
+        let run = juju.action(action, json!({"backup-id": "backup-20240206153012123456"}));
+        run.assert_ok();
+        let failure = run.failure().unwrap();
+        assert!(
+            failure.starts_with("Missing backup_passphrase config option."),
+            "{failure}"
+        );
+        assert!(failure.contains("backup_passphrase_secret"), "{failure}");
+    }
+}
+
+#[test]
+fn an_ungranted_passphrase_secret_fails_the_action() {
+    let juju = related();
+    juju.config("backup_passphrase", json!("the-plain-option-loses"));
+    juju.add_secret("secret:d0passphrase0000000b", json!({"passphrase": PASSPHRASE}), false);
+    juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000b"));
+    let run = juju.action("create-backup", json!({}));
+    run.assert_ok()
+        .assert_no_secret(&[PASSPHRASE, "the-plain-option-loses"]);
+    let failure = run.failure().unwrap();
+    assert!(
+        failure.contains("juju grant-secret secret:d0passphrase0000000b synapse"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_passphrase_secret_without_the_key_fails_the_action() {
+    let juju = related();
+    juju.add_secret("secret:d0passphrase0000000c", json!({"password": PASSPHRASE}), true);
+    juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000c"));
+    let run = juju.action("verify-backup", json!({"backup-id": "backup-20240206153012123456"}));
+    run.assert_ok().assert_no_secret(&[PASSPHRASE]);
+    assert!(
+        run.failure().unwrap().contains("no non-empty key `passphrase`"),
+        "{:?}",
+        run.failure()
+    );
+}
+
+#[test]
+fn a_bad_synapse_config_names_the_option() {
+    let juju = related();
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    juju.config("synapse_config", json!("/nonexistent/homeserver.yaml"));
+    let run = juju.action("create-backup", json!({}));
+    run.assert_ok().assert_no_secret(&[PASSPHRASE]);
+    let failure = run.failure().unwrap();
+    assert!(
+        failure.contains("/nonexistent/homeserver.yaml") && failure.contains("juju config synapse synapse_config="),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_malformed_backup_id_is_refused() {
+    let juju = related();
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    for action in ["restore-backup", "delete-backup", "verify-backup"] {
+        let run = juju.action(action, json!({"backup-id": "yesterday"}));
+        run.assert_ok();
+        let failure = run.failure().unwrap();
+        assert!(
+            failure.contains("\"yesterday\" is not a backup-id"),
+            "{action}: {failure}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_action_fails_cleanly() {
+    let juju = Juju::new();
+    let run = juju.action("make-coffee", json!({}));
+    run.assert_ok();
+    assert!(run.failure().unwrap().contains("unknown action"), "{:?}", run.failure());
+}
+
+#[test]
+fn a_tool_failure_in_an_action_fails_the_action_with_a_message() {
+    let juju = Juju::new();
+    juju.break_tool("config-get", "connection to the controller lost");
+    let run = juju.action("list-backups", json!({}));
+    assert_eq!(run.exit, 0);
+    assert!(
+        run.failure().unwrap().contains("connection to the controller lost"),
+        "{:?}",
+        run.failure()
+    );
+}
+
+#[test]
+fn legacy_hook_symlinks_are_understood() {
+    // Juju 2 style: hooks/install -> the binary, no JUJU_DISPATCH_PATH
+    let juju = Juju::new();
+    let hooks = juju.charm_dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::os::unix::fs::symlink(common::bin(), hooks.join("config-changed")).unwrap();
+    let out = std::process::Command::new(hooks.join("config-changed"))
+        .current_dir(&juju.charm_dir)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", juju.tools_dir.display()))
+        .env("JUJU_DOUBLE_STATE", &juju.state_path)
+        .env("JUJU_CONTEXT_ID", "synapse/0-legacy")
+        .env("JUJU_UNIT_NAME", "synapse/0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(juju.state()["status"]["status"], "active");
+}
+
+// --- the double itself ---------------------------------------------------------------------------
+
+#[test]
+fn the_double_follows_jujus_argument_grammar() {
+    let juju = related();
+    juju.edit(|s| s["action"] = json!({"name": "x", "params": {"backup-id": "b"}, "results": {}, "logs": []}));
+    let in_action = [("JUJU_ACTION_NAME", "x")];
+    // flags after positionals, `=` or separate values
+    let (code, out, _) = juju.tool("action-get", &["backup-id", "--format", "json"], "", &in_action);
+    assert_eq!((code, out.trim()), (0, "\"b\""));
+    // a bad result key rejects the whole call with exit 2
+    let (code, _, err) = juju.tool("action-set", &["ok=1", "Bad_Key=2"], "", &in_action);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("ERROR "), "{err}");
+    let (code, _, _) = juju.tool("action-set", &["a.stdout=1"], "", &in_action);
+    assert_eq!(code, 2);
+    assert!(juju.state()["action"]["results"].as_object().unwrap().is_empty());
+    // dotted keys nest and calls merge
+    juju.tool("action-set", &["a.b=1"], "", &in_action);
+    juju.tool("action-set", &["a.c=x=y"], "", &in_action);
+    assert_eq!(juju.state()["action"]["results"], json!({"a": {"b": "1", "c": "x=y"}}));
+    // `--` ends the flags: a message may start with a dash
+    let (code, _, _) = juju.tool("status-set", &["blocked", "--", "-x is wrong"], "", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(juju.state()["status"]["message"], "-x is wrong");
+    // undefined flags and bad values exit 2
+    assert_eq!(juju.tool("status-set", &["--bogus", "active"], "", &[]).0, 2);
+    assert_eq!(juju.tool("status-set", &["fine"], "", &[]).0, 2);
+    assert_eq!(juju.tool("secret-get", &["secret:x", "--format=smart"], "", &[]).0, 2);
+    // a secret that does not exist is a failure (exit 1), not a usage error
+    let (code, _, err) = juju.tool("secret-get", &["secret:cs1kf0nmp25c77aa7hzz", "--format=json"], "", &[]);
+    assert_eq!(code, 1, "{err}");
+    // leadership: our own app bag is the leader's only
+    juju.set_leader(false);
+    let (code, _, err) = juju.tool(
+        "relation-get",
+        &["-r", REL, "--app", "-", "synapse", "--format=json"],
+        "",
+        &[],
+    );
+    assert_eq!((code, err.trim()), (1, "ERROR permission denied"));
+    let (code, _, err) = juju.tool("relation-set", &["-r", REL, "--app", "k=v"], "", &[]);
+    assert_eq!((code, err.trim()), (1, "ERROR cannot write relation settings"));
+    // config-get of a missing key is null, not an error
+    let (code, out, _) = juju.tool("config-get", &["--format=json", "nope"], "", &[]);
+    assert_eq!((code, out.trim()), (0, "null"));
+}
+
+#[test]
+fn the_double_commits_relation_writes_only_on_exit_zero() {
+    let juju = related();
+    let (code, _, _) = juju.tool(
+        "relation-set",
+        &["-r", REL, "--app", "--file", "-"],
+        r#"{"a": "1"}"#,
+        &[],
+    );
+    assert_eq!(code, 0);
+    // visible to the same hook's reads, not yet committed
+    let (_, out, _) = juju.tool(
+        "relation-get",
+        &["--format=json", "-r", REL, "--app", "-", "synapse"],
+        "",
+        &[],
+    );
+    assert_eq!(out.trim(), r#"{"a": "1"}"#);
+    assert!(juju.own_app_data(REL).is_null());
+    juju.commit(1);
+    assert!(juju.own_app_data(REL).is_null());
+    juju.tool("relation-set", &["-r", REL, "--app", "b=2"], "", &[]);
+    juju.commit(0);
+    assert_eq!(juju.own_app_data(REL), json!({"b": "2"}));
+    // an empty value deletes the key
+    juju.tool("relation-set", &["-r", REL, "--app", "b="], "", &[]);
+    juju.commit(0);
+    assert_eq!(juju.own_app_data(REL), json!({}));
+    // refused in the relation's own -broken hook
+    let broken = [
+        ("JUJU_DISPATCH_PATH", "hooks/backup-relation-broken"),
+        ("JUJU_RELATION_ID", REL),
+    ];
+    assert_eq!(
+        juju.tool("relation-set", &["-r", REL, "--app", "c=3"], "", &broken).0,
+        1
+    );
+}

@@ -1,0 +1,236 @@
+//! `cargo xtask pack`: build the release binary and write the charm, a zip holding `dispatch`
+//! (the binary itself, mode 0755: Juju restores execute bits only from the archive), the charm's
+//! `metadata.yaml`, `config.yaml`, `actions.yaml`, and a `manifest.yaml` naming the bases it runs
+//! on. The bases are checked against the binary: it must be x86-64, and the newest glibc symbol
+//! version it needs must be present on every base (Ubuntu 22.04 has glibc 2.35, 24.04 has 2.39).
+//!
+//! ```text
+//! cargo xtask pack [--binary PATH] [--output FILE.charm]
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+/// The bases the charm declares: (Ubuntu channel, the glibc it ships).
+const BASES: [(&str, (u32, u32)); 2] = [("22.04", (2, 35)), ("24.04", (2, 39))];
+const CHARM_FILES: [&str; 3] = ["metadata.yaml", "config.yaml", "actions.yaml"];
+const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--output FILE.charm]";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<(), String> {
+    let mut args = args.into_iter();
+    match args.next().as_deref() {
+        Some("pack") => {}
+        _ => return Err(USAGE.into()),
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask is not inside the repository")?
+        .to_path_buf();
+    let mut binary = None;
+    let mut output = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--binary" => binary = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            "--output" => output = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        }
+    }
+    let binary = match binary {
+        Some(b) => b,
+        None => build_release(&root)?,
+    };
+    let output = output.unwrap_or_else(|| root.join(charm_file_name()));
+    let bytes = fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
+    check_binary(&bytes)?;
+    pack(&root, &bytes, &output)?;
+    println!("{}", output.display());
+    Ok(())
+}
+
+/// `synapse_ubuntu-22.04-amd64_ubuntu-24.04-amd64.charm`, as charmcraft names a multi-base charm.
+fn charm_file_name() -> String {
+    let bases: Vec<String> = BASES.iter().map(|(c, _)| format!("ubuntu-{c}-amd64")).collect();
+    format!("synapse_{}.charm", bases.join("_"))
+}
+
+fn build_release(root: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "synapse-backup",
+            "--bin",
+            "synapse-backup",
+        ])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/synapse-backup"))
+}
+
+/// The binary must be an x86-64 ELF needing no glibc newer than the oldest base ships.
+fn check_binary(bytes: &[u8]) -> Result<(), String> {
+    const EM_X86_64: u16 = 62;
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+        return Err("the binary is not an ELF executable".into());
+    }
+    let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    if machine != EM_X86_64 {
+        return Err(format!(
+            "the binary is not x86-64 (ELF machine {machine}); the charm declares amd64"
+        ));
+    }
+    if let Some((major, minor)) = newest_glibc(bytes) {
+        for (channel, glibc) in BASES {
+            if (major, minor) > glibc {
+                return Err(format!(
+                    "the binary needs glibc {major}.{minor} but Ubuntu {channel} has {}.{}: build on the oldest \
+                     base (Ubuntu 22.04, e.g. with charmcraft pack) or for x86_64-unknown-linux-musl",
+                    glibc.0, glibc.1
+                ));
+            }
+        }
+        eprintln!("xtask: the binary needs glibc {major}.{minor}: fine on every base");
+    }
+    Ok(())
+}
+
+/// The newest `GLIBC_x.y` symbol version named in the binary's dynamic string table.
+fn newest_glibc(bytes: &[u8]) -> Option<(u32, u32)> {
+    const TAG: &[u8] = b"GLIBC_";
+    let mut newest = None;
+    let mut i = 0;
+    while let Some(pos) = find(&bytes[i..], TAG) {
+        let start = i + pos + TAG.len();
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+            .map_or(bytes.len(), |p| start + p);
+        let version = std::str::from_utf8(&bytes[start..end]).unwrap_or("");
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+        if let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) {
+            newest = newest.max(Some((major, minor)));
+        }
+        i = end.max(start);
+    }
+    newest
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn manifest_yaml() -> String {
+    let mut out = String::from("# written by `cargo xtask pack`\nbases:\n");
+    for (channel, _) in BASES {
+        out.push_str(&format!(
+            "- name: ubuntu\n  channel: \"{channel}\"\n  architectures:\n  - amd64\n"
+        ));
+    }
+    out
+}
+
+/// Writes the .charm: `dispatch` (0755) and the charm's YAML files (0644).
+fn pack(root: &Path, binary: &[u8], output: &Path) -> Result<(), String> {
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let partial = output.with_extension("charm.partial");
+    let file = fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let mut zip = ZipWriter::new(file);
+    let zip_err = |e: zip::result::ZipError| format!("cannot write {}: {e}", partial.display());
+    let io_err = |e: std::io::Error| format!("cannot write {}: {e}", partial.display());
+    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+
+    zip.start_file("dispatch", options.unix_permissions(0o755))
+        .map_err(zip_err)?;
+    zip.write_all(binary).map_err(io_err)?;
+    for name in CHARM_FILES {
+        let text = fs::read(root.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
+        zip.start_file(name, options.unix_permissions(0o644)).map_err(zip_err)?;
+        zip.write_all(&text).map_err(io_err)?;
+    }
+    zip.start_file("manifest.yaml", options.unix_permissions(0o644))
+        .map_err(zip_err)?;
+    zip.write_all(manifest_yaml().as_bytes()).map_err(io_err)?;
+    zip.finish().map_err(zip_err)?;
+    fs::rename(&partial, output).map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_elf(extra: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[18] = 62;
+        b.extend_from_slice(extra);
+        b
+    }
+
+    #[test]
+    fn finds_the_newest_glibc() {
+        let b = fake_elf(b"\0GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_2.17\0GLIBC_PRIVATE\0");
+        assert_eq!(newest_glibc(&b), Some((2, 34)));
+        assert!(check_binary(&b).is_ok());
+        let too_new = fake_elf(b"\0GLIBC_2.38\0");
+        assert!(check_binary(&too_new).unwrap_err().contains("Ubuntu 22.04 has 2.35"));
+        assert!(check_binary(b"#!/bin/sh\n").is_err());
+    }
+
+    #[test]
+    fn packs_dispatch_executable_with_the_charm_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("x.charm");
+        pack(root, &fake_elf(b""), &out).unwrap();
+        let mut zip = zip::ZipArchive::new(fs::File::open(&out).unwrap()).unwrap();
+        let mut names: Vec<String> = zip.file_names().map(String::from).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "actions.yaml",
+                "config.yaml",
+                "dispatch",
+                "manifest.yaml",
+                "metadata.yaml"
+            ]
+        );
+        assert_eq!(zip.by_name("dispatch").unwrap().unix_mode().unwrap() & 0o777, 0o755);
+        assert_eq!(
+            zip.by_name("metadata.yaml").unwrap().unix_mode().unwrap() & 0o777,
+            0o644
+        );
+        let mut manifest = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name("manifest.yaml").unwrap(), &mut manifest).unwrap();
+        assert!(manifest.contains("channel: \"22.04\"") && manifest.contains("channel: \"24.04\""));
+        assert!(manifest.contains("- amd64"));
+    }
+}
