@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::service::synapse_service;
+use super::service::{retention, synapse_service};
 use super::state::{option, CharmState, S3Settings};
 use crate::backup_id::BackupId;
-use crate::commands::{self, Create, Restore, Verify};
+use crate::commands::{self, prune, restore::left_synapse_stopped, Create, Restore, Verify};
 use crate::error::Error;
 use crate::juju::{HookTools, LogLevel, Status, StatusKind, ToolError};
 use crate::progress::{Progress, ProgressSink, Throttled};
@@ -77,6 +77,7 @@ pub fn handle(name: &str, tools: &HookTools, state: &CharmState) -> Result<(), T
 }
 
 fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
+    let policy = retention(state)?;
     let passphrase = passphrase(state)?;
     let synapse = load_synapse(state)?;
     let store = open_store(state, "create-backup")?;
@@ -99,13 +100,36 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
         human_bytes(report.source_bytes),
         report.elapsed.as_secs_f64()
     ));
-    Ok(Outcome::ok(vec![
+    let mut results = vec![
         kv("backup-id", &report.id),
         kv("size", report.stored_bytes),
         kv("files", report.files),
         kv("server-name", &report.server_name),
         kv("result", "correct"),
-    ]))
+    ];
+    if !policy.keeps_everything() {
+        // the backup is made: a pruning problem is a note, not a failed action
+        match prune::run(store.as_ref(), &policy, false) {
+            Ok(pruned) => {
+                let ids: Vec<String> = pruned.pruned.iter().map(ToString::to_string).collect();
+                results.push(kv(
+                    "pruned",
+                    if ids.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ids.join(",")
+                    },
+                ));
+                for (id, e) in &pruned.failed {
+                    let _ = tools.action_log(&format!("note: could not delete expired backup {id}: {e}"));
+                }
+            }
+            Err(e) => {
+                let _ = tools.action_log(&format!("note: old backups were not pruned: {e}"));
+            }
+        }
+    }
+    Ok(Outcome::ok(results))
 }
 
 fn list(state: &CharmState) -> Result<Outcome, String> {
@@ -121,6 +145,9 @@ fn list(state: &CharmState) -> Result<Outcome, String> {
         }
     }
     results.push(kv("formatted", formatted_table(&backups)));
+    if let Ok(policy) = retention(state) {
+        results.push(kv("retention", policy));
+    }
     Ok(Outcome::ok(results))
 }
 
@@ -147,8 +174,8 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
     let passphrase = passphrase(state)?;
     let synapse = load_synapse(state)?;
     let store = open_store(state, "restore-backup")?;
-    let service = synapse_service(state);
-    let report = with_maintenance(tools, &format!("Backup: restoring {id}"), || {
+    let service = synapse_service(state)?;
+    let result = with_maintenance(tools, &format!("Backup: restoring {id}"), || {
         Restore {
             id: &id,
             synapse: &synapse,
@@ -158,8 +185,16 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
             force: false,
         }
         .run(&action_log(tools))
-    })?
-    .map_err(|e| failure("restore-backup", e))?;
+    })?;
+    let report = result.map_err(|e| {
+        if left_synapse_stopped(&e) {
+            let _ = tools.status_set(&Status::new(
+                StatusKind::Blocked,
+                &format!("Backup: restore of {id} failed and Synapse could not be started; see the action's output"),
+            ));
+        }
+        failure("restore-backup", e)
+    })?;
     for note in &report.notes {
         let _ = tools.action_log(&format!("note: {note}"));
     }

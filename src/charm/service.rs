@@ -1,10 +1,38 @@
-//! How the charm stops and starts Synapse around a restore. The one place that builds the
-//! service control from the charm's state (issue 5 adds a `synapse_service` option here).
+//! How the charm stops and starts Synapse around a restore, and which backups it keeps: the one
+//! place that builds these from the charm's state.
 
-use super::state::CharmState;
-use crate::synapse::service::{NoService, ServiceControl};
+use super::state::{option, CharmState, S3Settings};
+use crate::commands::prune::Policy;
+use crate::synapse::service::{from_spec, ServiceControl, ServiceSpec};
 
-/// The service a restore stops and starts.
-pub fn synapse_service(_state: &CharmState) -> Box<dyn ServiceControl> {
-    Box::new(NoService)
+/// The service a restore stops and starts (`synapse_service`).
+pub fn synapse_service(state: &CharmState) -> Result<Box<dyn ServiceControl>, String> {
+    let spec: ServiceSpec = state.synapse_service.parse().map_err(|e| {
+        format!(
+            "{e} (check the {} option: `juju config {} {}=pebble:synapse`)",
+            option::SYNAPSE_SERVICE,
+            state.app,
+            option::SYNAPSE_SERVICE
+        )
+    })?;
+    Ok(from_spec(&spec))
+}
+
+/// Retention: `backup_keep_last`, and the s3-integrator's `delete-older-than-days`.
+pub fn retention(state: &CharmState) -> Result<Policy, String> {
+    let keep_last = u32::try_from(state.keep_last).map_err(|_| {
+        format!(
+            "{} must be 0 (keep all) or a positive number, not {}",
+            option::KEEP_LAST,
+            state.keep_last
+        )
+    })?;
+    let older_than_days = match state.backup.as_ref().map(|r| &r.s3) {
+        Some(S3Settings::Ready(params)) => params.delete_older_than_days,
+        _ => None,
+    };
+    Ok(Policy {
+        keep_last,
+        older_than_days,
+    })
 }

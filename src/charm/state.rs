@@ -19,12 +19,15 @@ use crate::store::s3::{S3ConfigError, S3Params};
 /// The endpoint s3-integrator is integrated on (`juju integrate synapse:backup s3-integrator`).
 pub const ENDPOINT: &str = "backup";
 pub const DEFAULT_SYNAPSE_CONFIG: &str = "/data/homeserver.yaml";
+pub const DEFAULT_SYNAPSE_SERVICE: &str = "pebble:synapse";
 
 /// Config option names, as in `config.yaml`.
 pub mod option {
     pub const PASSPHRASE: &str = "backup_passphrase";
     pub const PASSPHRASE_SECRET: &str = "backup_passphrase_secret";
     pub const SYNAPSE_CONFIG: &str = "synapse_config";
+    pub const SYNAPSE_SERVICE: &str = "synapse_service";
+    pub const KEEP_LAST: &str = "backup_keep_last";
 }
 
 /// The key of the passphrase inside the user secret named by `backup_passphrase_secret`.
@@ -41,6 +44,10 @@ pub struct CharmState {
     pub leader: bool,
     /// `synapse_config`: comma-separated Synapse config files or directories.
     pub synapse_config: String,
+    /// `synapse_service`: how a restore stops and starts Synapse (`pebble:…`, `systemd:…`, `none`).
+    pub synapse_service: String,
+    /// `backup_keep_last`: how many backups to keep after a create (0 = all; negative is invalid).
+    pub keep_last: i64,
     pub passphrase: Result<Passphrase, PassphraseProblem>,
     pub backup: Option<BackupRelation>,
 }
@@ -98,12 +105,17 @@ impl CharmState {
         let leader = tools.is_leader()?;
         let synapse_config =
             string_option(&config, option::SYNAPSE_CONFIG).unwrap_or_else(|| DEFAULT_SYNAPSE_CONFIG.to_string());
+        let synapse_service =
+            string_option(&config, option::SYNAPSE_SERVICE).unwrap_or_else(|| DEFAULT_SYNAPSE_SERVICE.to_string());
+        let keep_last = config.get(option::KEEP_LAST).and_then(Value::as_i64).unwrap_or(0);
         let passphrase = load_passphrase(tools, ctx, &config, &app);
         let backup = load_backup_relation(tools, ctx, event, &app, leader)?;
         Ok(CharmState {
             app,
             leader,
             synapse_config,
+            synapse_service,
+            keep_last,
             passphrase,
             backup,
         })
