@@ -4,4 +4,4 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/.ci/install-test-deps.sh"
-cargo test --manifest-path "$repo/Cargo.toml" "$@"
+cargo test --workspace --manifest-path "$repo/Cargo.toml" "$@"
