@@ -91,7 +91,8 @@ impl StoreArgs {
     pub fn open(&self) -> Result<Box<dyn ObjectStore>, Error> {
         match (&self.store, &self.bucket) {
             (Some(_), Some(_)) => Err(Error::Usage(
-                "give either --store DIR or --bucket NAME (SYNAPSE_BACKUP_STORE / SYNAPSE_BACKUP_BUCKET), not both".into(),
+                "give either --store DIR or --bucket NAME (SYNAPSE_BACKUP_STORE / SYNAPSE_BACKUP_BUCKET), not both"
+                    .into(),
             )),
             (Some(dir), None) => Ok(Box::new(DirStore::open(dir)?)),
             (None, Some(_)) => Ok(Box::new(S3Store::new(self.s3_params()?)?)),

@@ -43,7 +43,10 @@ fn wait_listening(port: u16, child: &mut Child, what: &str) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited before listening ({status})");
         }
-        assert!(Instant::now() < deadline, "{what} is not listening on port {port} after 60s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} is not listening on port {port} after 60s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -55,7 +58,9 @@ fn spawn(program: &str, args: &[String], install: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install it with `{install}` (or run .ci/install-s3-servers.sh)"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): install it with `{install}` (or run .ci/install-s3-servers.sh)")
+        })
 }
 
 const S3S_INSTALL: &str = "cargo install --locked s3s-fs --version 0.14.1 --features binary";
@@ -79,7 +84,7 @@ impl S3Server {
                 r#"
 import json, sys, urllib.request
 ep = sys.argv[1]
-urllib.request.urlopen(urllib.request.Request(ep + "/moto-api/reset-auth", data=b"3", method="POST")).read()
+urllib.request.urlopen(urllib.request.Request(ep + "/moto-api/reset-auth", data=b"3", method="POST", headers={"Content-Type": "text/plain"})).read()
 iam = boto3.client("iam", endpoint_url=ep, region_name="us-east-1",
                    aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
 iam.create_user(UserName="backup")
@@ -119,7 +124,11 @@ print(key["AccessKeyId"], key["SecretAccessKey"])
                 ],
                 S3S_INSTALL,
             ),
-            Kind::Moto => spawn("moto_server", &["-H".into(), "127.0.0.1".into(), "-p".into(), port], MOTO_INSTALL),
+            Kind::Moto => spawn(
+                "moto_server",
+                &["-H".into(), "127.0.0.1".into(), "-p".into(), port],
+                MOTO_INSTALL,
+            ),
         };
         wait_listening(self.port, &mut child, &format!("{:?}", self.kind));
         self.child = Some(child);

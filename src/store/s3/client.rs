@@ -59,12 +59,15 @@ pub(super) fn build(params: &S3Params) -> Result<Client, StoreError> {
     Ok(Client::from_conf(config.build()))
 }
 
+/// Connect and read timeouts: what a connector is built for.
+type TimeoutKey = (Option<Duration>, Option<Duration>);
+
 /// rustls (ring) with our trust store and proxy, one connector per timeout setting, cached.
 #[derive(Debug)]
 struct HttpsClient {
     tls: TlsContext,
     proxy: ProxyConfig,
-    connectors: Mutex<Vec<(Option<Duration>, Option<Duration>, SharedHttpConnector)>>,
+    connectors: Mutex<Vec<(TimeoutKey, SharedHttpConnector)>>,
 }
 
 impl HttpsClient {
@@ -88,9 +91,9 @@ impl HttpsClient {
 
 impl HttpClient for HttpsClient {
     fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
-        let key = (settings.connect_timeout(), settings.read_timeout());
+        let key: TimeoutKey = (settings.connect_timeout(), settings.read_timeout());
         let mut cache = self.connectors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, c)) = cache.iter().find(|(c, r, _)| (*c, *r) == key) {
+        if let Some((_, c)) = cache.iter().find(|(k, _)| *k == key) {
             return c.clone();
         }
         let mut builder = Connector::builder()
@@ -105,7 +108,7 @@ impl HttpClient for HttpsClient {
                 .tls_context(self.tls.clone())
                 .build(),
         );
-        cache.push((key.0, key.1, connector.clone()));
+        cache.push((key, connector.clone()));
         connector
     }
 }
@@ -113,19 +116,37 @@ impl HttpClient for HttpsClient {
 /// Juju's model proxy settings first (`JUJU_CHARM_*`), then the standard variables.
 pub(super) fn proxy_config(https: bool, env: impl Fn(&str) -> Option<String>) -> Result<ProxyConfig, StoreError> {
     let first = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v.trim().to_string())))
+        names.iter().find_map(|n| {
+            env(n)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (*n, v.trim().to_string()))
+        })
     };
     let proxy = if https {
-        first(&["JUJU_CHARM_HTTPS_PROXY", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])
+        first(&[
+            "JUJU_CHARM_HTTPS_PROXY",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ])
     } else {
-        first(&["JUJU_CHARM_HTTP_PROXY", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
+        first(&[
+            "JUJU_CHARM_HTTP_PROXY",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ])
     };
     let Some((name, url)) = proxy else {
         return Ok(ProxyConfig::disabled());
     };
-    let url = if url.contains("://") { url } else { format!("http://{url}") };
+    let url = if url.contains("://") {
+        url
+    } else {
+        format!("http://{url}")
+    };
     // the value is not quoted: a proxy URL may carry a password
     let config =
         ProxyConfig::all(url.as_str()).map_err(|_| StoreError::InvalidConfig(format!("{name} is not a proxy URL")))?;
@@ -176,7 +197,10 @@ where
                     "{what}: bucket {bucket} is in another region or needs another endpoint (check region and \
                      endpoint)"
                 )),
-                _ => StoreError::Other(format!("{what}: the server answered {status}: {}", DisplayErrorContext(&err))),
+                _ => StoreError::Other(format!(
+                    "{what}: the server answered {status}: {}",
+                    DisplayErrorContext(&err)
+                )),
             }
         }
         SdkError::ResponseError(_) => StoreError::Other(format!(
@@ -222,6 +246,9 @@ mod tests {
     #[test]
     fn a_bad_proxy_is_named_not_quoted() {
         let e = proxy_config(true, |k| (k == "HTTPS_PROXY").then(|| "http://user:pw@[::".to_string())).unwrap_err();
-        assert!(e.to_string().contains("HTTPS_PROXY") && !e.to_string().contains("pw"), "{e}");
+        assert!(
+            e.to_string().contains("HTTPS_PROXY") && !e.to_string().contains("pw"),
+            "{e}"
+        );
     }
 }

@@ -53,7 +53,9 @@ pub struct S3Store {
 impl S3Store {
     pub fn new(params: S3Params) -> Result<S3Store, StoreError> {
         if params.signature_version == Some(SignatureVersion::V2) {
-            tracing::warn!("s3-api-version 2 was asked for; requests are signed with version 4, which S3 servers accept");
+            tracing::warn!(
+                "s3-api-version 2 was asked for; requests are signed with version 4, which S3 servers accept"
+            );
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -193,7 +195,13 @@ impl ObjectStore for S3Store {
                 let (target, key, limit) = (self.target.clone(), self.params.key(id.as_str()), limit.clone());
                 tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await;
-                    let result = target.client.head_object().bucket(&target.bucket).key(&key).send().await;
+                    let result = target
+                        .client
+                        .head_object()
+                        .bucket(&target.bucket)
+                        .key(&key)
+                        .send()
+                        .await;
                     (id, size, modified, result)
                 });
             }
@@ -270,9 +278,14 @@ impl ObjectStore for S3Store {
 
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
         let key = self.params.key(id.as_str());
-        let first = self
-            .rt
-            .block_on(self.target.client.get_object().bucket(&self.target.bucket).key(&key).send());
+        let first = self.rt.block_on(
+            self.target
+                .client
+                .get_object()
+                .bucket(&self.target.bucket)
+                .key(&key)
+                .send(),
+        );
         match first {
             Ok(out) => Ok(Box::new(S3Download::start(
                 self.rt.handle(),

@@ -122,7 +122,12 @@ impl S3Params {
             None => UriStyle::Host,
             Some(s) if s.eq_ignore_ascii_case("path") => UriStyle::Path,
             Some(s) if s.eq_ignore_ascii_case("host") || s.eq_ignore_ascii_case("virtual") => UriStyle::Host,
-            Some(s) => return Err(S3ConfigError::invalid("s3-uri-style", format!("{s:?}: use path or host"))),
+            Some(s) => {
+                return Err(S3ConfigError::invalid(
+                    "s3-uri-style",
+                    format!("{s:?}: use path or host"),
+                ))
+            }
         };
         let storage_class = get("storage-class").map(str::to_string);
         let tls_ca_chain = get("tls-ca-chain").map(parse_ca_chain).transpose()?.unwrap_or_default();
@@ -198,7 +203,10 @@ fn parse_endpoint(s: &str) -> Result<String, S3ConfigError> {
     };
     let (scheme, rest) = with_scheme.split_once("://").unwrap_or(("", ""));
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Err(S3ConfigError::invalid("endpoint", format!("{s:?}: use http:// or https://")));
+        return Err(S3ConfigError::invalid(
+            "endpoint",
+            format!("{s:?}: use http:// or https://"),
+        ));
     }
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() || host.chars().any(char::is_whitespace) || host.contains('@') {
@@ -258,7 +266,10 @@ fn parse_attributes(s: &str) -> Result<Vec<(String, String)>, S3ConfigError> {
             return Err(S3ConfigError::invalid(KEY, format!("{name:?} is not a header name")));
         }
         if value.chars().any(|c| c.is_control()) {
-            return Err(S3ConfigError::invalid(KEY, format!("the value of {name} has control characters")));
+            return Err(S3ConfigError::invalid(
+                KEY,
+                format!("the value of {name} has control characters"),
+            ));
         }
         out.push((name.to_ascii_lowercase(), value.to_string()));
     }
