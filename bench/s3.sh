@@ -49,7 +49,7 @@ unset AWS_ENDPOINT_URL SYNAPSE_BACKUP_STORE HTTP_PROXY HTTPS_PROXY http_proxy ht
 GNUPGHOME=$WORK/gnupg; export GNUPGHOME; mkdir -m 700 "$GNUPGHOME"
 
 # what a backup carries (the signing key, the database, local media), relative to the data dir
-SOURCES=$(cd "$DATA" && ls -d ./*.signing.key homeserver.db media_store/local_content media_store/local_thumbnails 2>/dev/null)
+SOURCES=$(cd "$DATA" && ls -d ./*.signing.key homeserver.db media_store/local_content media_store/local_thumbnails 2>/dev/null | tr "\n" " ")
 SOURCE_BYTES=$(cd "$DATA" && du -sb --apparent-size $SOURCES | awk '{s+=$1} END {print s}')
 
 # ---- the server ----
@@ -61,7 +61,7 @@ s3s-fs --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secre
     "$WORK/s3" >/dev/null 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-AWS=(aws --endpoint-url "$ENDPOINT" --only-show-errors)
+AWS=(aws --endpoint-url "$ENDPOINT")
 "${AWS[@]}" s3api create-bucket --bucket bench >/dev/null
 OURS=(--bucket bench --endpoint "$ENDPOINT" --s3-uri-style path --path synapse --synapse-config "$CONFIG" --quiet)
 
@@ -95,12 +95,12 @@ TIME_EACH="/usr/bin/time -a -o $WORK/ref-rss -f %M"
 run "tar | gpg --symmetric | aws s3 cp -" bash -o pipefail -c "
     cd '$DATA' && $TIME_EACH tar -c $SOURCES \
     | $TIME_EACH gpg --batch --quiet --symmetric --pinentry-mode loopback --passphrase-file '$PASSFILE' \
-    | $TIME_EACH ${AWS[*]} s3 cp - s3://bench/reference.tar.gpg"
+    | $TIME_EACH ${AWS[*]} s3 cp --only-show-errors - s3://bench/reference.tar.gpg"
 REF_CREATE=$SECS; REF_CREATE_RSS=$(sort -n "$WORK/ref-rss" | tail -1)
 RESTORE_TO=$WORK/reference-restore; mkdir "$RESTORE_TO"
 : >"$WORK/ref-rss"
 run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
-    $TIME_EACH ${AWS[*]} s3 cp s3://bench/reference.tar.gpg - \
+    $TIME_EACH ${AWS[*]} s3 cp --only-show-errors s3://bench/reference.tar.gpg - \
     | $TIME_EACH gpg --batch --quiet --decrypt --pinentry-mode loopback --passphrase-file '$PASSFILE' \
     | $TIME_EACH tar -x -C '$RESTORE_TO'"
 REF_RESTORE=$SECS; REF_RESTORE_RSS=$(sort -n "$WORK/ref-rss" | tail -1)
@@ -114,7 +114,7 @@ printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nsilent\nshow-error\n
 run "bare PUT (curl)" curl -K "$CURLCFG" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$WORK/object" "$ENDPOINT/bench/bare"
 BARE_PUT=$SECS
 rm -f "$WORK/object"
-run "bare GET (curl)" curl -K "$CURLCFG" -o /dev/null "$ENDPOINT/bench/bare"
+run "bare GET (curl)" curl -K "$CURLCFG" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null "$ENDPOINT/bench/bare"
 BARE_GET=$SECS
 
 # ---- the report ----
