@@ -26,7 +26,7 @@ const FIRST_PART_SIZE: usize = 8 << 20;
 const PARTS_PER_SIZE: usize = 1000;
 const MAX_PART_SIZE: usize = 4 << 30;
 /// Bytes of finished parts waiting for or in upload (the part being filled comes on top).
-const IN_FLIGHT_BUDGET: usize = 24 << 20;
+const IN_FLIGHT_BUDGET: usize = 16 << 20;
 const MIB: usize = 1 << 20;
 
 /// The size of the 1-based part `n`.
