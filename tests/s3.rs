@@ -303,6 +303,17 @@ fn s3_cli_with(server: &S3Server, secret: &str, path: &str, config: &Path, args:
 }
 
 fn cli_command(server: &S3Server, secret: &str, path: &str, config: &Path, args: &[&str]) -> Command {
+    cli_command_at(&server.endpoint(), server, secret, path, config, args)
+}
+
+fn cli_command_at(
+    endpoint: &str,
+    server: &S3Server,
+    secret: &str,
+    path: &str,
+    config: &Path,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg("--synapse-config")
         .arg(config)
@@ -310,7 +321,7 @@ fn cli_command(server: &S3Server, secret: &str, path: &str, config: &Path, args:
             "--bucket",
             BUCKET,
             "--endpoint",
-            &server.endpoint(),
+            endpoint,
             "--s3-uri-style",
             "path",
             "--path",
@@ -535,4 +546,31 @@ fn a_download_resumes_after_the_connection_drops() {
         assert_eq!(back.len(), body.len(), "{kind:?}");
         assert!(back == body, "{kind:?}: the resumed download differs");
     }
+}
+
+#[test]
+fn the_cli_goes_through_the_juju_proxy_unless_no_proxy_says_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixture(&tmp.path().join("data"), "1M", "small");
+    let server = server_with_bucket(Kind::S3sFs);
+    // a forwarding relay as the proxy; the endpoint's name does not resolve, so only the proxy
+    // can reach the server
+    let proxy = flaky_relay(server.port, u64::MAX);
+    let run = |no_proxy: &str| {
+        let endpoint = "http://s3.example.invalid:7480";
+        let out = cli_command_at(endpoint, &server, &server.secret_key, "", &config, &["--json", "list"])
+            .env("JUJU_CHARM_HTTP_PROXY", format!("http://127.0.0.1:{proxy}"))
+            .env("JUJU_CHARM_NO_PROXY", no_proxy)
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    let through = run("10.0.0.0/8,localhost");
+    assert!(through.ok && through.stdout.trim() == "[]", "{}", through.stderr);
+    let direct = run("s3.example.invalid");
+    assert!(
+        !direct.ok && direct.stderr.contains("cannot be reached"),
+        "{}",
+        direct.stderr
+    );
 }
