@@ -574,3 +574,41 @@ fn the_cli_goes_through_the_juju_proxy_unless_no_proxy_says_otherwise() {
         direct.stderr
     );
 }
+
+#[test]
+fn an_https_endpoint_is_trusted_through_tls_ca_chain() {
+    let server = server_with_bucket(Kind::S3sFs);
+    let relay = s3_server::TlsRelay::start(server.port);
+    let mut bag = server.databag(BUCKET, "");
+    bag.insert("endpoint".into(), format!("https://127.0.0.1:{}", relay.port));
+    let untrusted = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
+    let e = untrusted.check().unwrap_err();
+    assert!(e.to_string().contains("tls-ca-chain"), "{e}");
+
+    use base64::Engine as _;
+    let chains = [
+        serde_json::to_string(&[relay.ca_pem.as_str()]).unwrap(),
+        base64::engine::general_purpose::STANDARD.encode(&relay.ca_pem),
+    ];
+    for chain in chains {
+        bag.insert("tls-ca-chain".into(), chain);
+        let trusted = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
+        trusted.check().unwrap();
+        put(&trusted, &id(60), &noise(9 << 20, 6));
+        assert_eq!(trusted.list().unwrap().len(), 1);
+    }
+
+    // the CLI takes the CA as a PEM file
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixture(&tmp.path().join("data"), "1M", "small");
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, &relay.ca_pem).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", relay.port);
+    let out = cli_command_at(&endpoint, &server, &server.secret_key, "", &config, &["--json", "list"])
+        .arg("--tls-ca-chain")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(id(60).as_str()));
+}

@@ -264,3 +264,86 @@ impl Drop for S3Server {
         self.kill();
     }
 }
+
+/// HTTPS in front of a server: a TLS-terminating relay (Python's ssl) with a leaf certificate for
+/// 127.0.0.1 signed by a throwaway CA. Stopped when dropped.
+pub struct TlsRelay {
+    child: Child,
+    pub port: u16,
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRelay {
+    pub fn start(upstream: u16) -> TlsRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let script = format!(
+            "set -e; cd {d}
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+                -days 2 -subj /CN=synapse-backup-test-ca 2>/dev/null
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key -out leaf.csr \
+                -subj /CN=localhost 2>/dev/null
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' >ext
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 \
+                -extfile ext 2>/dev/null"
+        );
+        let made = Command::new("bash").args(["-c", &script]).status().expect("bash runs");
+        assert!(made.success(), "openssl could not make test certificates");
+        let port = free_port();
+        let relay = r#"
+import socket, ssl, sys, threading
+d, port, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(d + "/leaf.pem", d + "/leaf.key")
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port)); ls.listen(64)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.close()
+        except OSError:
+            pass
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+    except (ssl.SSLError, OSError):
+        c.close(); return
+    u = socket.create_connection(("127.0.0.1", upstream))
+    threading.Thread(target=pipe, args=(u, t), daemon=True).start()
+    pipe(t, u)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", relay, &d, &port.to_string(), &upstream.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        wait_listening(port, &mut child, "the TLS relay");
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        TlsRelay {
+            child,
+            port,
+            ca_pem,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

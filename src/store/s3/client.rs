@@ -172,11 +172,19 @@ where
 {
     let Context { what, bucket, endpoint } = cx;
     match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreError::Unreachable(format!(
-            "{what}: {endpoint} did not answer after {MAX_ATTEMPTS} attempts (check the endpoint, the proxy \
-             settings and that the server is up): {}",
-            DisplayErrorContext(&err)
-        )),
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            let detail = DisplayErrorContext(&err).to_string();
+            if detail.contains("certificate") {
+                StoreError::Unreachable(format!(
+                    "{what}: {endpoint}'s TLS certificate is not trusted (give its CA in tls-ca-chain): {detail}"
+                ))
+            } else {
+                StoreError::Unreachable(format!(
+                    "{what}: {endpoint} did not answer after {MAX_ATTEMPTS} attempts (check the endpoint, the \
+                     proxy settings and that the server is up): {detail}"
+                ))
+            }
+        }
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
