@@ -12,7 +12,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, HttpClient, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     RuntimeComponents, SharedHttpClient,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
@@ -173,7 +173,7 @@ where
     let Context { what, bucket, endpoint } = cx;
     match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            let detail = DisplayErrorContext(&err).to_string();
+            let detail = causes(&err);
             if detail.contains("certificate") {
                 StoreError::Unreachable(format!(
                     "{what}: {endpoint}'s TLS certificate is not trusted (give its CA in tls-ca-chain): {detail}"
@@ -205,18 +205,34 @@ where
                     "{what}: bucket {bucket} is in another region or needs another endpoint (check region and \
                      endpoint)"
                 )),
-                _ => StoreError::Other(format!(
-                    "{what}: the server answered {status}: {}",
-                    DisplayErrorContext(&err)
-                )),
+                _ => {
+                    let message = service.err().message().map(|m| format!(": {m}")).unwrap_or_default();
+                    let code = if code.is_empty() { "no error code" } else { code };
+                    StoreError::Other(format!("{what}: the server answered {status} ({code}{message})"))
+                }
             }
         }
         SdkError::ResponseError(_) => StoreError::Other(format!(
             "{what}: {endpoint} gave an answer that is not S3's (is it an S3 endpoint?): {}",
-            DisplayErrorContext(&err)
+            causes(&err)
         )),
-        _ => StoreError::Other(format!("{what}: {}", DisplayErrorContext(&err))),
+        _ => StoreError::Other(format!("{what}: {}", causes(&err))),
     }
+}
+
+/// An error and its sources as one line, each cause once (the SDK's own rendering dumps whole
+/// responses).
+pub(super) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// The HTTP status of a service error (404 for a missing object on HEAD, which has no error code).

@@ -140,7 +140,7 @@ async fn pump(
                     return Pumped::ReceiverGone;
                 }
             }
-            Some(Err(e)) => return Pumped::Broken(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()),
+            Some(Err(e)) => return Pumped::Broken(super::client::causes(&e)),
         }
     }
 }

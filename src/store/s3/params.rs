@@ -113,7 +113,7 @@ impl S3Params {
         if region.is_none() && endpoint.is_none() {
             return Err(S3ConfigError::invalid(
                 "region",
-                "give a region or an endpoint (one of the two is required)",
+                "neither region nor endpoint is set (one of them is required)",
             ));
         }
         let region = region.or_else(|| Some(DEFAULT_REGION.to_string()));

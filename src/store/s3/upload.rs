@@ -191,7 +191,7 @@ impl S3Upload {
                 Ok(Err(e)) => tracing::warn!(
                     "could not abort the multipart upload {upload_id} of {key} (a lifecycle rule for \
                      incomplete uploads cleans it up): {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                    super::client::causes(&e)
                 ),
                 Err(_) => tracing::warn!("aborting the multipart upload {upload_id} of {key} timed out"),
             }
