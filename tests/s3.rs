@@ -612,3 +612,26 @@ fn an_https_endpoint_is_trusted_through_tls_ca_chain() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(id(60).as_str()));
 }
+
+#[test]
+fn storage_class_and_attributes_reach_the_object() {
+    for kind in BOTH {
+        let server = server_with_bucket(kind);
+        let mut bag = server.databag(BUCKET, "");
+        bag.insert("attributes".into(), "[\"Cache-Control:no-store\"]".into());
+        bag.insert("storage-class".into(), "STANDARD_IA".into());
+        let store = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
+        let id = id(70);
+        put(&store, &id, b"backup");
+        let head = server.boto(
+            "h = s3.head_object(Bucket=sys.argv[2], Key=sys.argv[3]); print(h.get('CacheControl'), h.get('StorageClass'))",
+            &[BUCKET, id.as_str()],
+            None,
+        );
+        assert!(head.contains("no-store"), "{kind:?}: {head}");
+        if kind == Kind::Moto {
+            // (s3s-fs keeps no storage class)
+            assert!(head.contains("STANDARD_IA"), "{kind:?}: {head}");
+        }
+    }
+}
