@@ -89,6 +89,12 @@ fn a_multi_part_object_round_trips_with_its_metadata() {
         store.get(&id).unwrap().read_to_end(&mut back).unwrap();
         assert!(back == body, "{kind:?}: the downloaded object differs");
 
+        // a reader outlives the store it came from
+        let mut reader = self::store(&server, BUCKET, "synapse").get(&id).unwrap();
+        let mut again = Vec::new();
+        reader.read_to_end(&mut again).unwrap();
+        assert!(again == body, "{kind:?}: the download stopped with its store");
+
         store.delete(&id).unwrap();
         assert!(store.head(&id).unwrap().is_none());
         assert!(store.list().unwrap().is_empty());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Buf, Bytes};
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -25,17 +25,27 @@ const RESUME_ATTEMPTS: u32 = 5;
 pub(super) struct S3Download {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+    /// The object's size, to tell the end from a stream that stopped early.
+    total: Option<u64>,
+    read: u64,
+    key: String,
     task: JoinHandle<()>,
+    _rt: Arc<Runtime>,
 }
 
 impl S3Download {
-    pub(super) fn start(rt: &Handle, target: Arc<Target>, key: String, first: GetObjectOutput) -> Self {
+    pub(super) fn start(rt: Arc<Runtime>, target: Arc<Target>, key: String, first: GetObjectOutput) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let task = rt.spawn(forward(target, key, first, tx));
+        let total = first.content_length.and_then(|n| u64::try_from(n).ok());
+        let task = rt.spawn(forward(target, key.clone(), first, tx));
         S3Download {
             rx,
             current: Bytes::new(),
+            total,
+            read: 0,
+            key,
             task,
+            _rt: rt,
         }
     }
 }
@@ -46,10 +56,22 @@ impl Read for S3Download {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
                 Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+                None => match self.total {
+                    Some(total) if self.read < total => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "downloading {}: the stream stopped after {} of {total} bytes",
+                                self.key, self.read
+                            ),
+                        ))
+                    }
+                    _ => return Ok(0),
+                },
             }
         }
         let n = buf.len().min(self.current.len());
+        self.read += n as u64;
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)

@@ -47,7 +47,8 @@ pub(crate) struct Target {
 pub struct S3Store {
     params: S3Params,
     target: Arc<Target>,
-    rt: Runtime,
+    /// Shared with uploads and downloads, which may outlive the store.
+    rt: Arc<Runtime>,
 }
 
 impl S3Store {
@@ -76,7 +77,11 @@ impl S3Store {
             bucket: params.bucket.clone(),
             endpoint,
         });
-        Ok(S3Store { params, target, rt })
+        Ok(S3Store {
+            params,
+            target,
+            rt: Arc::new(rt),
+        })
     }
 
     pub fn params(&self) -> &S3Params {
@@ -269,7 +274,7 @@ impl ObjectStore for S3Store {
             .ok_or_else(|| StoreError::Other(format!("starting the upload of {id}: the server gave no upload id")))?;
         Ok(Box::new(S3Upload::new(
             self.target.clone(),
-            self.rt.handle().clone(),
+            self.rt.clone(),
             key,
             upload_id,
             id.to_string(),
@@ -288,7 +293,7 @@ impl ObjectStore for S3Store {
         );
         match first {
             Ok(out) => Ok(Box::new(S3Download::start(
-                self.rt.handle(),
+                self.rt.clone(),
                 self.target.clone(),
                 key,
                 out,

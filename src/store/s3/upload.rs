@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -37,7 +37,7 @@ pub(super) fn part_size(n: usize) -> usize {
 
 pub(super) struct S3Upload {
     target: Arc<Target>,
-    rt: Handle,
+    rt: Arc<Runtime>,
     key: String,
     upload_id: String,
     id: String,
@@ -54,7 +54,7 @@ pub(super) struct S3Upload {
 }
 
 impl S3Upload {
-    pub(super) fn new(target: Arc<Target>, rt: Handle, key: String, upload_id: String, id: String) -> Self {
+    pub(super) fn new(target: Arc<Target>, rt: Arc<Runtime>, key: String, upload_id: String, id: String) -> Self {
         S3Upload {
             target,
             rt,
