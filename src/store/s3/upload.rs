@@ -7,12 +7,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -41,7 +41,11 @@ pub(super) struct S3Upload {
     key: String,
     upload_id: String,
     id: String,
-    buf: Vec<u8>,
+    buf: BytesMut,
+    /// Part buffers back from finished part uploads. Allocating each part afresh lets the allocator
+    /// keep freed buffers around (RSS grows past the budget); reusing them bounds memory to the
+    /// buffer being filled plus the in-flight budget.
+    spare: Arc<Mutex<Vec<BytesMut>>>,
     /// Parts handed out so far.
     parts_sent: usize,
     in_flight: VecDeque<JoinHandle<Result<CompletedPart, StoreError>>>,
@@ -61,7 +65,8 @@ impl S3Upload {
             key,
             upload_id,
             id,
-            buf: Vec::with_capacity(FIRST_PART_SIZE),
+            buf: BytesMut::with_capacity(FIRST_PART_SIZE),
+            spare: Arc::new(Mutex::new(Vec::new())),
             parts_sent: 0,
             in_flight: VecDeque::new(),
             done: Vec::new(),
@@ -75,8 +80,7 @@ impl S3Upload {
     /// Hands the filled buffer to an upload task, waiting while the in-flight budget is spent.
     fn send_part(&mut self) -> Result<(), StoreError> {
         let number = self.parts_sent + 1;
-        let next_capacity = part_size(number + 1);
-        let body = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(next_capacity)));
+        let body = std::mem::take(&mut self.buf).freeze();
         let permits = (body.len().div_ceil(MIB)).clamp(1, IN_FLIGHT_BUDGET / MIB) as u32;
         let budget = self.budget.clone();
         let permit = self
@@ -85,9 +89,11 @@ impl S3Upload {
             .map_err(|_| StoreError::Other("the upload was stopped".into()))?;
         self.collect_finished()?;
         let target = self.target.clone();
+        let spare = self.spare.clone();
         let (key, upload_id, id) = (self.key.clone(), self.upload_id.clone(), self.id.clone());
         self.in_flight.push_back(self.rt.spawn(async move {
             let _permit = permit;
+            let _reuse = ReturnToSpare(Some(body.clone()), spare);
             let part_number = number as i32;
             let cx = Context {
                 what: &format!("uploading part {number} of {id}"),
@@ -112,6 +118,16 @@ impl S3Upload {
                 .build())
         }));
         self.parts_sent = number;
+        let next = part_size(number + 1);
+        let mut buf = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buf.clear();
+        buf.reserve(next);
+        self.buf = buf;
         Ok(())
     }
 
@@ -201,6 +217,19 @@ impl S3Upload {
             self.rt.spawn(abort);
         } else {
             self.rt.block_on(abort);
+        }
+    }
+}
+
+/// Hands a part's buffer back for reuse once its upload is over (the SDK has dropped its copies),
+/// whatever the outcome. Dropped before the in-flight permit, so a writer that gets a permit finds
+/// a spare buffer.
+struct ReturnToSpare(Option<Bytes>, Arc<Mutex<Vec<BytesMut>>>);
+
+impl Drop for ReturnToSpare {
+    fn drop(&mut self) {
+        if let Some(Ok(buf)) = self.0.take().map(Bytes::try_into_mut) {
+            self.1.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
         }
     }
 }
