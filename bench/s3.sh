@@ -82,10 +82,13 @@ ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 echo "S3 benchmark: $((SOURCE_BYTES / 1000000)) MB of Synapse data, s3s-fs at $ENDPOINT" >&2
 
 # ---- synapse-backup ----
+find "$DATA" -type f -print0 | xargs -0 cat >/dev/null # a warm page cache for every contender
 run "synapse-backup create" "$BIN" "${OURS[@]}" --json create >"$WORK/create.json"
 OUR_CREATE=$SECS; OUR_CREATE_RSS=$RSS
 ID=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['backup-id'])" "$WORK/create.json")
 OBJECT_BYTES=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['size'])" "$WORK/create.json")
+# like the reference (and bench/run.sh), restore into empty places: a server that lost its data
+(cd "$DATA" && rm -rf $SOURCES)
 run "synapse-backup restore" "$BIN" "${OURS[@]}" restore "$ID" >/dev/null
 OUR_RESTORE=$SECS; OUR_RESTORE_RSS=$RSS
 
