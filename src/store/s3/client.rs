@@ -180,8 +180,8 @@ where
                 ))
             } else {
                 StoreError::Unreachable(format!(
-                    "{what}: {endpoint} did not answer after {MAX_ATTEMPTS} attempts (check the endpoint, the \
-                     proxy settings and that the server is up): {detail}"
+                    "{what}: {endpoint} did not answer after {MAX_ATTEMPTS} attempts (check the endpoint, \
+                     s3-uri-style, the proxy settings and that the server is up): {detail}"
                 ))
             }
         }
