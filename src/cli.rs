@@ -4,6 +4,7 @@
 //! The passphrase never comes from argv (other users can read a process's arguments): it is read
 //! from `--passphrase-file` or the `SYNAPSE_BACKUP_PASSPHRASE` environment variable.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};
 use crate::secret::Passphrase;
 use crate::store::dir::DirStore;
+use crate::store::s3::{S3Params, S3Store};
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::synapse::config::parse_path_list;
 use crate::synapse::service::{self, ServiceSpec};
@@ -47,20 +49,105 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where backups are kept.
+/// Where backups are kept: a local directory (`--store`) or an S3 bucket (`--bucket` and friends,
+/// validated by the same code as the charm's relation data). Secrets never come from argv.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
     /// A local directory to keep backups in
     #[arg(long, global = true, env = "SYNAPSE_BACKUP_STORE")]
     pub store: Option<PathBuf>,
+    /// An S3 bucket to keep backups in (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+    #[arg(long, global = true, env = "SYNAPSE_BACKUP_BUCKET")]
+    pub bucket: Option<String>,
+    /// S3 endpoint, e.g. https://s3.example.com or http://10.0.0.5:7480 (default: AWS)
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// S3 region (default with --endpoint: us-east-1)
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Key prefix inside the bucket
+    #[arg(long, global = true, env = "SYNAPSE_BACKUP_PATH")]
+    pub path: Option<String>,
+    /// path (https://endpoint/bucket) or host (https://bucket.endpoint)
+    #[arg(long, global = true, value_name = "path|host")]
+    pub s3_uri_style: Option<String>,
+    /// S3 storage class for new backups, e.g. STANDARD_IA
+    #[arg(long, global = true)]
+    pub storage_class: Option<String>,
+    /// PEM file of CA certificates to trust for an HTTPS endpoint
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca_chain: Option<PathBuf>,
+    /// S3 access key id
+    #[arg(long, global = true, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key: Option<String>,
+    /// File holding the S3 secret key (or set AWS_SECRET_ACCESS_KEY)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
+
+pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 
 impl StoreArgs {
     pub fn open(&self) -> Result<Box<dyn ObjectStore>, Error> {
-        match &self.store {
-            Some(dir) => Ok(Box::new(DirStore::open(dir)?)),
-            None => Err(Error::Usage("say where backups are kept: --store DIR".into())),
+        match (&self.store, &self.bucket) {
+            (Some(_), Some(_)) => Err(Error::Usage(
+                "give either --store DIR or --bucket NAME (SYNAPSE_BACKUP_STORE / SYNAPSE_BACKUP_BUCKET), not both"
+                    .into(),
+            )),
+            (Some(dir), None) => Ok(Box::new(DirStore::open(dir)?)),
+            (None, Some(_)) => Ok(Box::new(S3Store::new(self.s3_params()?)?)),
+            (None, None) => Err(Error::Usage(
+                "say where backups are kept: --store DIR, or --bucket NAME with --endpoint or --region".into(),
+            )),
         }
+    }
+
+    /// The flags as the relation databag's keys, through the one validation both front doors use.
+    pub fn s3_params(&self) -> Result<S3Params, Error> {
+        let mut map = BTreeMap::new();
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                map.insert(key.to_string(), v);
+            }
+        };
+        put("bucket", self.bucket.clone());
+        put("endpoint", self.endpoint.clone());
+        put("region", self.region.clone());
+        put("path", self.path.clone());
+        put("s3-uri-style", self.s3_uri_style.clone());
+        put("storage-class", self.storage_class.clone());
+        put("access-key", self.access_key.clone());
+        if let Some(file) = &self.tls_ca_chain {
+            let pem = std::fs::read_to_string(file)
+                .map_err(|e| Error::Usage(format!("cannot read the CA file {}: {e}", file.display())))?;
+            put("tls-ca-chain", Some(pem));
+        }
+        put("secret-key", self.secret_key()?);
+        S3Params::from_map(&map).map_err(|e| {
+            let hint = match e.key() {
+                "access-key" => "give --access-key or set AWS_ACCESS_KEY_ID",
+                "secret-key" => "set AWS_SECRET_ACCESS_KEY or give --secret-key-file FILE",
+                "region" => "give --region or --endpoint",
+                "tls-ca-chain" => "--tls-ca-chain takes a PEM file",
+                _ => "",
+            };
+            let flag = e.key();
+            Error::Usage(if hint.is_empty() {
+                format!("{e} (--{flag})")
+            } else {
+                format!("{e}: {hint}")
+            })
+        })
+    }
+
+    /// The secret key's text, from the file or the environment (never from argv).
+    fn secret_key(&self) -> Result<Option<String>, Error> {
+        if let Some(path) = &self.secret_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("cannot read the secret key file {}: {e}", path.display())))?;
+            return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+        }
+        Ok(std::env::var(SECRET_KEY_ENV).ok())
     }
 }
 
