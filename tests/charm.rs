@@ -4,9 +4,12 @@
 //! that no secret shows up anywhere.
 
 mod common;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 
 use common::juju::Juju;
 use common::PASSPHRASE;
+use s3_server::{Kind, S3Server};
 use serde_json::json;
 
 const REL: &str = "backup:3";
@@ -403,4 +406,304 @@ fn the_double_commits_relation_writes_only_on_exit_zero() {
         juju.tool("relation-set", &["-r", REL, "--app", "c=3"], "", &broken).0,
         1
     );
+}
+
+// --- against a real S3 server (s3s-fs on loopback: it checks every signature) ----------------------
+
+const BUCKET: &str = "synapse-backups";
+
+/// A unit related to s3-integrator, whose databag points at `server` (plaintext credentials).
+fn related_to(server: &S3Server, bucket: &str) -> Juju {
+    let juju = related();
+    juju.set_remote_app_data(REL, json!(server.databag(bucket, "synapse/prod")));
+    juju
+}
+
+#[test]
+fn plaintext_credentials_wrong_credentials_missing_bucket_and_removal() {
+    let server = S3Server::start(Kind::S3sFs);
+    server.create_bucket(BUCKET);
+    let juju = related_to(&server, BUCKET);
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok().assert_no_secret(&[&server.secret_key]);
+    assert_eq!(run.status(), ("active".into(), "".into()));
+
+    let mut wrong = server.databag(BUCKET, "synapse/prod");
+    wrong.insert("secret-key".into(), S3_SECRET_KEY.into());
+    juju.set_remote_app_data(REL, json!(wrong));
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok().assert_no_secret(&[&server.secret_key, S3_SECRET_KEY]);
+    assert_eq!(
+        run.status(),
+        (
+            "blocked".into(),
+            "Backup: S3 bucket does not exist or cannot be accessed".into()
+        )
+    );
+
+    juju.set_remote_app_data(REL, json!(server.databag("no-such-bucket", "")));
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok();
+    assert_eq!(
+        run.status(),
+        (
+            "blocked".into(),
+            "Backup: S3 bucket does not exist or cannot be accessed".into()
+        )
+    );
+
+    let mut invalid = server.databag(BUCKET, "");
+    invalid.remove("secret-key");
+    juju.set_remote_app_data(REL, json!(invalid));
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok();
+    assert_eq!(
+        run.status(),
+        (
+            "blocked".into(),
+            "Backup: S3 configuration is invalid (secret-key: missing)".into()
+        )
+    );
+    let mut invalid = server.databag(BUCKET, "");
+    invalid.insert("endpoint".into(), "not a url".into());
+    juju.set_remote_app_data(REL, json!(invalid));
+    let (status, message) = juju.relation_hook(REL, "changed", None).status();
+    assert_eq!(status, "blocked");
+    assert!(
+        message.starts_with("Backup: S3 configuration is invalid (endpoint: "),
+        "{message}"
+    );
+
+    juju.edit(|s| s["relations"][REL]["remote_unreadable"] = json!(true));
+    let run = juju.relation_hook(REL, "broken", None);
+    run.assert_ok();
+    assert_eq!(run.status(), ("active".into(), "".into()));
+}
+
+#[test]
+fn credentials_through_secret_extra() {
+    let server = S3Server::start(Kind::S3sFs);
+    server.create_bucket(BUCKET);
+    let juju = related();
+    juju.relation_hook(REL, "created", None).assert_ok();
+    let uri = "secret:cs1kf0nmp25c77aa7hc1";
+    juju.add_secret(
+        uri,
+        json!({"access-key": server.access_key, "secret-key": server.secret_key}),
+        true,
+    );
+    let mut bag = server.databag(BUCKET, "synapse");
+    bag.remove("access-key");
+    bag.remove("secret-key");
+    bag.insert("secret-extra".into(), uri.into());
+    bag.insert("lib-version".into(), "1.0".into());
+    juju.set_remote_app_data(REL, json!(bag));
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok().assert_no_secret(&[&server.secret_key]);
+    assert_eq!(run.status(), ("active".into(), "".into()));
+    assert_eq!(run.calls_to("secret-get").len(), 1);
+    // no bucket was ever written for this track-2 provider
+    assert!(juju.own_app_data(REL).get("bucket").is_none());
+
+    // the provider rotates the credentials: the charm reads the new revision and checks again
+    juju.edit(|s| s["secrets"][uri]["content"]["secret-key"] = json!(S3_SECRET_KEY));
+    let run = juju.secret_changed(uri);
+    run.assert_ok().assert_no_secret(&[&server.secret_key, S3_SECRET_KEY]);
+    let refresh = &run.calls_to("secret-get")[0]["argv"];
+    assert!(refresh.to_string().contains("--refresh"), "{refresh}");
+    assert_eq!(run.status().0, "blocked");
+}
+
+/// A unit with a fixture Synapse, related to a real bucket, its passphrase in a user secret.
+fn ready_unit(server: &S3Server, tree: &std::path::Path) -> (Juju, std::path::PathBuf) {
+    server.create_bucket(BUCKET);
+    let config = common::fixture(&tree.join("data"), "4M", "small");
+    let juju = related_to(server, BUCKET);
+    juju.add_secret("secret:d0passphrase0000000d", json!({"passphrase": PASSPHRASE}), true);
+    juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000d"));
+    juju.config("synapse_config", json!(config.to_str().unwrap()));
+    let run = juju.relation_hook(REL, "changed", None);
+    run.assert_ok();
+    assert_eq!(run.status(), ("active".into(), "".into()));
+    (juju, tree.join("data"))
+}
+
+#[test]
+fn every_action_end_to_end() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    let secrets = [PASSPHRASE, server.secret_key.as_str()];
+    let before = common::backed_up_state(&data);
+
+    // create
+    let created = juju.action("create-backup", json!({}));
+    created.assert_ok().assert_no_secret(&secrets);
+    assert_eq!(created.failure(), None, "{:?}", created.failure());
+    assert_eq!(created.result("result"), Some("correct"));
+    assert_eq!(created.result("server-name"), Some("example.com"));
+    let id = created.result("backup-id").unwrap().to_string();
+    assert!(id.starts_with("backup-"), "{id}");
+    let size: u64 = created.result("size").unwrap().parse().unwrap();
+    let files: u64 = created.result("files").unwrap().parse().unwrap();
+    assert!(size > 0 && files > 10, "{size} {files}");
+    // maintenance while it ran, the previous status after
+    let statuses = created.statuses();
+    assert_eq!(
+        statuses.first().map(|s| s.0.as_str()),
+        Some("maintenance"),
+        "{statuses:?}"
+    );
+    assert_eq!(created.status(), ("active".into(), "".into()));
+    assert_eq!(server.keys(BUCKET), vec![format!("synapse/prod/{id}")]);
+
+    // list
+    let listed = juju.action("list-backups", json!({}));
+    listed.assert_ok().assert_no_secret(&secrets);
+    assert_eq!(
+        listed.result(&format!("backups.{id}.size")),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(listed.result(&format!("backups.{id}.server-name")), Some("example.com"));
+    assert!(listed
+        .result(&format!("backups.{id}.last-modified"))
+        .unwrap()
+        .ends_with('Z'));
+    let table = listed.result("formatted").unwrap();
+    assert!(table.starts_with("backup-id") && table.contains(&id), "{table}");
+
+    // verify
+    let verified = juju.action("verify-backup", json!({"backup-id": id}));
+    verified.assert_ok().assert_no_secret(&secrets);
+    assert_eq!(verified.failure(), None, "{:?}", verified.failure());
+    assert_eq!(verified.result("result"), Some("correct"));
+    assert_eq!(verified.result("files"), Some(files.to_string().as_str()));
+    assert!(verified.result("bytes").unwrap().parse::<u64>().unwrap() > 0);
+
+    // restore onto a wiped tree: byte-identical (the database compared by its dump)
+    common::wipe(&data);
+    let restored = juju.action("restore-backup", json!({"backup-id": id}));
+    restored.assert_ok().assert_no_secret(&secrets);
+    assert_eq!(restored.failure(), None, "{:?}", restored.failure());
+    assert_eq!(restored.result("result"), Some("correct"));
+    assert_eq!(restored.result("backup-id"), Some(id.as_str()));
+    assert_eq!(common::backed_up_state(&data), before);
+
+    // unknown backup-ids
+    let unknown = "backup-20000101000000000000";
+    for action in ["restore-backup", "verify-backup", "delete-backup"] {
+        let run = juju.action(action, json!({"backup-id": unknown}));
+        run.assert_ok();
+        assert_eq!(
+            run.failure(),
+            Some(format!("backup-id {unknown} does not exist").as_str()),
+            "{action}"
+        );
+    }
+
+    // delete
+    let deleted = juju.action("delete-backup", json!({"backup-id": id}));
+    deleted.assert_ok().assert_no_secret(&secrets);
+    assert_eq!(deleted.result("result"), Some("correct"));
+    let again = juju.action("delete-backup", json!({"backup-id": id}));
+    assert_eq!(
+        again.result("result"),
+        Some(format!("backup-id {id} does not exist").as_str())
+    );
+    assert!(server.keys(BUCKET).is_empty());
+    let listed = juju.action("list-backups", json!({}));
+    assert!(listed.results().get("backups").is_none(), "{}", listed.results());
+}
+
+#[test]
+fn restore_checks_before_it_touches_anything() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    let id = juju
+        .action("create-backup", json!({}))
+        .result("backup-id")
+        .unwrap()
+        .to_string();
+    let untouched = common::digest(&data);
+
+    // wrong passphrase: refused, nothing changed
+    juju.config("backup_passphrase_secret", json!(null));
+    juju.config("backup_passphrase", json!("not the passphrase"));
+    for action in ["restore-backup", "verify-backup"] {
+        let run = juju.action(action, json!({"backup-id": id}));
+        run.assert_ok().assert_no_secret(&["not the passphrase", PASSPHRASE]);
+        assert!(
+            run.failure().unwrap().contains("wrong passphrase"),
+            "{action}: {:?}",
+            run.failure()
+        );
+        // the status is put back after the failure too
+        assert_eq!(run.status(), ("active".into(), "".into()));
+    }
+    assert_eq!(common::digest(&data), untouched);
+
+    // another server's backup: refused, nothing changed
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    let other = tmp.path().join("other");
+    let out = std::process::Command::new("python3")
+        .arg(common::shared().join("tools/synapse-fixture.py"))
+        .arg("make")
+        .arg(&other)
+        .args(["--size", "1M", "--profile", "small", "--server-name", "other.example"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    juju.config("synapse_config", json!(other.join("homeserver.yaml").to_str().unwrap()));
+    let other_before = common::digest(&other);
+    let run = juju.action("restore-backup", json!({"backup-id": id}));
+    run.assert_ok();
+    assert!(run.failure().unwrap().contains("example.com"), "{:?}", run.failure());
+    assert_eq!(common::digest(&other), other_before);
+
+    // a damaged object fails verification and restore
+    juju.config("synapse_config", json!(data.join("homeserver.yaml").to_str().unwrap()));
+    let key = format!("synapse/prod/{id}");
+    server.boto(
+        "b, k = sys.argv[2], sys.argv[3]\nbody = bytearray(s3.get_object(Bucket=b, Key=k)['Body'].read())\n\
+         body[len(body) // 2] ^= 0xff\ns3.put_object(Bucket=b, Key=k, Body=bytes(body))\n",
+        &[BUCKET, &key],
+        None,
+    );
+    for action in ["verify-backup", "restore-backup"] {
+        let run = juju.action(action, json!({"backup-id": id}));
+        run.assert_ok();
+        let failure = run
+            .failure()
+            .unwrap_or_else(|| panic!("{action} passed a damaged backup"));
+        assert!(
+            failure.contains("damaged") || failure.contains("manifest"),
+            "{action}: {failure}"
+        );
+    }
+    assert_eq!(common::digest(&data), untouched);
+}
+
+#[test]
+fn actions_on_a_missing_bucket_point_at_the_integration() {
+    // moto, not s3s-fs: s3s-fs makes a bucket's directory on the first PUT
+    let server = S3Server::start(Kind::Moto);
+    let juju = related_to(&server, "no-such-bucket");
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::fixture(&tmp.path().join("data"), "1M", "small");
+    juju.config("synapse_config", json!(config.to_str().unwrap()));
+    for action in ["create-backup", "list-backups"] {
+        let run = juju.action(action, json!({}));
+        run.assert_ok().assert_no_secret(&[PASSPHRASE, &server.secret_key]);
+        let failure = run
+            .failure()
+            .unwrap_or_else(|| panic!("{action} did not fail: {}", run.results()));
+        assert!(
+            failure.starts_with(&format!(
+                "Wrong S3 configuration on {action} action. Check S3 integration"
+            )),
+            "{failure}"
+        );
+    }
 }

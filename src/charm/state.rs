@@ -242,7 +242,10 @@ fn s3_settings(tools: &HookTools, ctx: &JujuContext, provider: BTreeMap<String, 
     }
 }
 
-/// `<key>: <reason>`: the S3 parser's own sentence names the key at fault.
+/// `<key>: <why>`: the databag key at fault first, as the blocked status shows it.
 fn describe_s3_config_error(e: &S3ConfigError) -> String {
-    e.to_string()
+    match e {
+        S3ConfigError::Missing(key) => format!("{key}: missing"),
+        S3ConfigError::Invalid { key, reason } => format!("{key}: {reason}"),
+    }
 }
