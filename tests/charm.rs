@@ -547,6 +547,8 @@ fn every_action_end_to_end() {
     let size: u64 = created.result("size").unwrap().parse().unwrap();
     let files: u64 = created.result("files").unwrap().parse().unwrap();
     assert!(size > 0 && files > 10, "{size} {files}");
+    let logs = created.action_logs();
+    assert!(logs.iter().any(|l| l.starts_with("stored ")), "{logs:?}");
     // maintenance while it ran, the previous status after
     let statuses = created.statuses();
     assert_eq!(
