@@ -522,6 +522,7 @@ fn ready_unit(server: &S3Server, tree: &std::path::Path) -> (Juju, std::path::Pa
     juju.add_secret("secret:d0passphrase0000000d", json!({"passphrase": PASSPHRASE}), true);
     juju.config("backup_passphrase_secret", json!("secret:d0passphrase0000000d"));
     juju.config("synapse_config", json!(config.to_str().unwrap()));
+    juju.config("synapse_service", json!("none"));
     let run = juju.relation_hook(REL, "changed", None);
     run.assert_ok();
     assert_eq!(run.status(), ("active".into(), "".into()));
@@ -582,9 +583,13 @@ fn every_action_end_to_end() {
     assert_eq!(verified.result("files"), Some(files.to_string().as_str()));
     assert!(verified.result("bytes").unwrap().parse::<u64>().unwrap() > 0);
 
-    // restore onto a wiped tree: byte-identical (the database compared by its dump)
+    // restore onto a wiped tree: byte-identical (the database compared by its dump), Synapse
+    // stopped through Pebble only once everything is staged, and started again
+    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
     common::wipe(&data);
     let restored = juju.action("restore-backup", json!({"backup-id": id}));
+    assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
     restored.assert_ok().assert_no_secret(&secrets);
     assert_eq!(restored.failure(), None, "{:?}", restored.failure());
     assert_eq!(restored.result("result"), Some("correct"));
@@ -708,4 +713,59 @@ fn actions_on_a_missing_bucket_point_at_the_integration() {
             "{failure}"
         );
     }
+}
+
+#[test]
+fn retention_after_create_and_a_restore_that_cannot_start_synapse() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    juju.config("backup_keep_last", json!(1));
+    let first = juju.action("create-backup", json!({}));
+    first.assert_ok();
+    assert_eq!(first.result("pruned"), Some("none"));
+    let first_id = first.result("backup-id").unwrap().to_string();
+    let second = juju.action("create-backup", json!({}));
+    second.assert_ok();
+    assert_eq!(second.result("pruned"), Some(first_id.as_str()));
+    let second_id = second.result("backup-id").unwrap().to_string();
+    assert_eq!(server.keys(BUCKET), vec![format!("synapse/prod/{second_id}")]);
+    let listed = juju.action("list-backups", json!({}));
+    assert_eq!(listed.result("retention"), Some("keep the newest 1"));
+
+    juju.config("backup_keep_last", json!(-3));
+    let refused = juju.action("create-backup", json!({}));
+    assert!(
+        refused.failure().unwrap().contains("backup_keep_last"),
+        "{:?}",
+        refused.failure()
+    );
+
+    // Pebble cannot start Synapse again: the action says so and the unit is blocked
+    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
+    pebble.fail("start", "cannot start service: exited quickly with code 1");
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
+    let before = common::backed_up_state(&data);
+    let restored = juju.action("restore-backup", json!({"backup-id": second_id}));
+    restored.assert_ok();
+    let failure = restored.failure().unwrap();
+    assert!(
+        failure.contains("could not be started") && failure.contains("exited quickly"),
+        "{failure}"
+    );
+    assert_eq!(restored.status().0, "blocked");
+    assert!(
+        restored.status().1.contains("Synapse could not be started"),
+        "{:?}",
+        restored.status()
+    );
+    assert_eq!(common::backed_up_state(&data), before);
+
+    juju.config("synapse_service", json!("bogus"));
+    let bad = juju.action("restore-backup", json!({"backup-id": second_id}));
+    assert!(
+        bad.failure().unwrap().contains("synapse_service"),
+        "{:?}",
+        bad.failure()
+    );
 }
