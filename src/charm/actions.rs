@@ -190,7 +190,7 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
         if left_synapse_stopped(&e) {
             let _ = tools.status_set(&Status::new(
                 StatusKind::Blocked,
-                &format!("Backup: restore of {id} failed and Synapse could not be started; see the action's output"),
+                format!("Backup: restore of {id} failed and Synapse could not be started; see the action's output"),
             ));
         }
         failure("restore-backup", e)
