@@ -20,6 +20,8 @@ if python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 
     echo "moto $MOTO_VERSION already installed"
 else
     python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
+    # pyenv makes the moto_server command visible only after a rehash
+    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi
 
 if [ "${WITH_AWSCLI:-0}" = 1 ] && ! command -v aws >/dev/null; then
