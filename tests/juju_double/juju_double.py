@@ -127,28 +127,25 @@ def relation(state, opts):
     return rid, state["relations"][rid]
 
 
-def pending_app_data(state, rid, app):
-    data = dict(state["relations"][rid].get("app_data", {}).get(app, {}))
+def pending_data(state, rid, bag, owner):
+    """A databag (`app_data` or `unit_data`) with this run's uncommitted relation-set writes applied."""
+    data = dict(state["relations"][rid].get(bag, {}).get(owner, {}))
     for op in state.get("pending", []):
-        if op["op"] == "relation-set" and op["relation"] == rid and op["owner"] == app:
+        if op["op"] == "relation-set" and op["relation"] == rid and op["owner"] == owner:
             for k, v in op["data"].items():
                 if v == "":
                     data.pop(k, None)
                 else:
                     data[k] = v
     return data
+
+
+def pending_app_data(state, rid, app):
+    return pending_data(state, rid, "app_data", app)
 
 
 def pending_unit_data(state, rid, unit):
-    data = dict(state["relations"][rid].get("unit_data", {}).get(unit, {}))
-    for op in state.get("pending", []):
-        if op["op"] == "relation-set" and op["relation"] == rid and op["owner"] == unit:
-            for k, v in op["data"].items():
-                if v == "":
-                    data.pop(k, None)
-                else:
-                    data[k] = v
-    return data
+    return pending_data(state, rid, "unit_data", unit)
 
 
 def read_settings_file(path, stdin):
