@@ -50,6 +50,8 @@ pub struct Stager {
     notes: Vec<String>,
     as_root: bool,
     cleanup: bool,
+    /// one copy buffer for every file written
+    buf: Vec<u8>,
 }
 
 impl Stager {
@@ -67,6 +69,7 @@ impl Stager {
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
             cleanup: true,
+            buf: vec![0u8; 256 << 10],
         })
     }
 
@@ -265,15 +268,14 @@ impl Stager {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|err| write_err(path, err))?;
-        let mut buf = vec![0u8; 256 << 10];
         loop {
-            let n = match e.data.read(&mut buf) {
+            let n = match e.data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(ArchiveError::read(e.name, err)),
             };
-            file.write_all(&buf[..n]).map_err(|err| write_err(path, err))?;
+            file.write_all(&self.buf[..n]).map_err(|err| write_err(path, err))?;
         }
         let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime));
         drop(file);
