@@ -106,8 +106,9 @@ fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Up
             .map_err(|e| ArchiveError::io("writing the backup", e))?;
     }
     message
-        .finalize()
-        .map_err(|e| ArchiveError::io("writing the backup", io::Error::other(format!("{e:#}"))))
+        .finish()
+        .map(drop)
+        .map_err(|e| ArchiveError::io("writing the backup", e))
 }
 
 type TarOut = tar::Builder<BufWriter<AdaptiveGz<PipeWriter>>>;

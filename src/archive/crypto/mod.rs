@@ -1,0 +1,467 @@
+//! OpenPGP with a passphrase, as `gpg --symmetric` does it.
+//!
+//! Encrypting: an SKESK v4 packet (Sequoia: a random AES-256 session key under the passphrase's
+//! S2K), then a SEIPD v1 packet (AES-256 with MDC) of a literal data packet, written by
+//! [`seipd`]; no compression packet (the archive is already gzip). GnuPG 2.2 rejects SEIPD v2, so
+//! we do not use it.
+//! Decrypting: AES in a SEIPD v1 packet (ours, and what GnuPG writes) is decrypted by [`seipd`],
+//! with Sequoia parsing the packets around and inside it (a compression packet from GnuPG); any
+//! other message goes to Sequoia's own streaming decryptor. Either way memory stays bounded and
+//! integrity (the MDC) is only known at the end of the stream, which is why restores stage
+//! everything before they touch live data.
+
+mod seipd;
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aes::{Aes128, Aes192, Aes256};
+use openpgp::crypto::SessionKey;
+use openpgp::packet::skesk::SKESK4;
+use openpgp::packet::{Packet, PKESK, SEIP, SKESK};
+use openpgp::parse::stream::{DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper};
+use openpgp::parse::{PacketParser, PacketParserResult, Parse};
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::Serialize;
+use openpgp::types::SymmetricAlgorithm;
+use openpgp::{Cert, KeyHandle};
+use sequoia_openpgp as openpgp;
+
+use self::seipd::{Integrity, MdcReader, Seipd1Writer, PREFIX};
+use super::ArchiveError;
+use crate::secret::Secret;
+
+pub use self::seipd::Seipd1Writer as Encrypting;
+
+/// Bytes the Sequoia decryptor holds back before releasing plaintext (Sequoia's default is 25 MiB).
+const HOLD_BACK: usize = 1 << 20;
+/// How much of the start of an object is parsed to find its key packets and the encrypted packet.
+const SNIFF: u64 = 64 << 10;
+
+static POLICY: StandardPolicy = StandardPolicy::new();
+
+fn start_error(e: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::io("cannot start encrypting", io::Error::other(e.to_string()))
+}
+
+/// Wraps `sink` so what is written to it is encrypted; call `finish()` on the result.
+pub fn encrypt<W: Write>(mut sink: W, passphrase: &Secret) -> Result<Encrypting<W>, ArchiveError> {
+    let algo = SymmetricAlgorithm::AES256;
+    let key = SessionKey::new(32).map_err(start_error)?;
+    let skesk =
+        SKESK4::with_password(algo, algo, Default::default(), &key, passphrase.password()).map_err(start_error)?;
+    Packet::from(SKESK::from(skesk))
+        .serialize(&mut sink)
+        .map_err(|e| ArchiveError::io("writing the backup", io::Error::other(e.to_string())))?;
+    let mut prefix = [0u8; 16];
+    openpgp::crypto::random(&mut prefix[..]).map_err(start_error)?;
+    Seipd1Writer::new(sink, &key, prefix).map_err(|e| ArchiveError::io("writing the backup", e))
+}
+
+/// A reader of the plaintext inside `src`. Errors while reading mean the object is damaged,
+/// truncated or tampered with; an error from this constructor says why it cannot be opened.
+pub fn decrypt<'a, R: Read + Send + Sync + 'a>(
+    mut src: R,
+    passphrase: &Secret,
+) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
+    let mut head = Vec::new();
+    (&mut src)
+        .take(SNIFF)
+        .read_to_end(&mut head)
+        .map_err(|e| ArchiveError::Damaged(format!("cannot read the object: {e}")))?;
+    let keys = aes_session_keys(&head, passphrase);
+    let src = io::Cursor::new(head).chain(src);
+    if keys.is_empty() {
+        sequoia_decrypt(src, passphrase)
+    } else {
+        aes_decrypt(src, &keys)
+    }
+}
+
+/// The AES session keys the passphrase opens, when `head` starts a message whose encrypted
+/// packet is SEIPD v1; empty for anything else (Sequoia then decrypts it, or says what is wrong).
+fn aes_session_keys(head: &[u8], passphrase: &Secret) -> Vec<(SymmetricAlgorithm, SessionKey)> {
+    let mut skesks = Vec::new();
+    let mut next = PacketParser::from_bytes(head);
+    loop {
+        let pp = match next {
+            Ok(PacketParserResult::Some(pp)) => pp,
+            _ => return Vec::new(),
+        };
+        match &pp.packet {
+            Packet::Marker(_) => {}
+            Packet::SKESK(skesk) => skesks.push(skesk.clone()),
+            Packet::SEIP(SEIP::V1(_)) => break,
+            _ => return Vec::new(),
+        }
+        next = pp.next().map(|(_, next)| next);
+    }
+    skesks
+        .iter()
+        .filter_map(|skesk| match skesk.decrypt(passphrase.password()) {
+            Ok((Some(algo), key)) if aes_key_size(algo) == Some(key.len()) => Some((algo, key)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn aes_key_size(algo: SymmetricAlgorithm) -> Option<usize> {
+    match algo {
+        SymmetricAlgorithm::AES128 => Some(16),
+        SymmetricAlgorithm::AES192 => Some(24),
+        SymmetricAlgorithm::AES256 => Some(32),
+        _ => None,
+    }
+}
+
+fn aes_decrypt<'a, R: Read + Send + Sync + 'a>(
+    src: R,
+    keys: &[(SymmetricAlgorithm, SessionKey)],
+) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
+    let mut next = PacketParser::from_reader(src).map_err(classify)?;
+    let mut seipd = loop {
+        match next {
+            PacketParserResult::Some(pp) if matches!(pp.packet, Packet::SEIP(SEIP::V1(_))) => break pp,
+            PacketParserResult::Some(pp) => next = pp.next().map_err(classify)?.1,
+            PacketParserResult::EOF(_) => return Err(ArchiveError::NotABackup("no encrypted data".into())),
+        }
+    };
+    let mut first = [0u8; PREFIX];
+    seipd.read_exact(&mut first).map_err(stream_error)?;
+    let outcome = Arc::new(Mutex::new(Integrity::Unread));
+    let mut body = seipd;
+    for (algo, key) in keys {
+        let opened: Result<Box<dyn Read + Send + Sync + 'a>, _> = match algo {
+            SymmetricAlgorithm::AES128 => MdcReader::<_, Aes128>::new(body, key, &first, outcome.clone()).map(boxed),
+            SymmetricAlgorithm::AES192 => MdcReader::<_, Aes192>::new(body, key, &first, outcome.clone()).map(boxed),
+            _ => MdcReader::<_, Aes256>::new(body, key, &first, outcome.clone()).map(boxed),
+        };
+        match opened {
+            Ok(plain) => return literal_data(plain, outcome),
+            Err(back) => body = back,
+        }
+    }
+    Err(ArchiveError::WrongPassphrase)
+}
+
+fn boxed<'a, R: Read + Send + Sync + 'a>(r: R) -> Box<dyn Read + Send + Sync + 'a> {
+    Box::new(r)
+}
+
+/// The literal data in the decrypted packets (inside a compression packet, when GnuPG wrote it).
+fn literal_data<'a>(
+    plain: Box<dyn Read + Send + Sync + 'a>,
+    outcome: Arc<Mutex<Integrity>>,
+) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
+    let mut next = PacketParser::from_reader(plain).map_err(classify)?;
+    loop {
+        match next {
+            PacketParserResult::Some(pp) => match pp.packet {
+                Packet::Literal(_) => {
+                    return Ok(Box::new(LiteralReader {
+                        literal: Some(pp),
+                        outcome,
+                    }))
+                }
+                Packet::CompressedData(_) => next = pp.recurse().map_err(classify)?.1,
+                ref other => {
+                    return Err(ArchiveError::NotABackup(format!(
+                        "it holds a {} packet where data was expected",
+                        other.tag()
+                    )))
+                }
+            },
+            PacketParserResult::EOF(_) => {
+                return Err(ArchiveError::NotABackup("the encrypted message holds no data".into()))
+            }
+        }
+    }
+}
+
+/// The literal packet's data; at its end, reads what follows to the end of the encrypted packet
+/// and fails unless the MDC matched there.
+struct LiteralReader<'a> {
+    literal: Option<PacketParser<'a>>,
+    outcome: Arc<Mutex<Integrity>>,
+}
+
+impl Read for LiteralReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(literal) = self.literal.as_mut() else {
+            return Ok(0);
+        };
+        let n = literal.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        if let Some(literal) = self.literal.take() {
+            let mut next = literal.next().map_err(io::Error::other)?.1;
+            loop {
+                match next {
+                    PacketParserResult::Some(pp) => next = pp.next().map_err(io::Error::other)?.1,
+                    PacketParserResult::EOF(eof) => {
+                        io::copy(&mut eof.into_reader(), &mut io::sink())?;
+                        break;
+                    }
+                }
+            }
+        }
+        match &*self.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+            Integrity::Verified => Ok(0),
+            Integrity::Failed(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
+            Integrity::Unread => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the encrypted data ended without its integrity check",
+            )),
+        }
+    }
+}
+
+struct Helper {
+    passphrase: Secret,
+    wrong: Arc<AtomicBool>,
+    public_key_only: Arc<AtomicBool>,
+}
+
+impl VerificationHelper for Helper {
+    fn get_certs(&mut self, _: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(Vec::new())
+    }
+    fn check(&mut self, _: MessageStructure) -> openpgp::Result<()> {
+        Ok(()) // backups are not signed
+    }
+}
+
+impl DecryptionHelper for Helper {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        skesks: &[SKESK],
+        _sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        for skesk in skesks {
+            if let Ok((algo, key)) = skesk.decrypt(self.passphrase.password()) {
+                if decrypt(algo, &key) {
+                    return Ok(None);
+                }
+            }
+        }
+        if skesks.is_empty() && !pkesks.is_empty() {
+            self.public_key_only.store(true, Ordering::Relaxed);
+        } else {
+            self.wrong.store(true, Ordering::Relaxed);
+        }
+        Err(openpgp::Error::MissingSessionKey("no passphrase opens it".into()).into())
+    }
+}
+
+/// Any message that is not AES in SEIPD v1, through Sequoia's streaming decryptor.
+fn sequoia_decrypt<'a, R: Read + Send + Sync + 'a>(
+    src: R,
+    passphrase: &Secret,
+) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
+    let wrong = Arc::new(AtomicBool::new(false));
+    let public_key_only = Arc::new(AtomicBool::new(false));
+    let helper = Helper {
+        passphrase: passphrase.clone(),
+        wrong: wrong.clone(),
+        public_key_only: public_key_only.clone(),
+    };
+    let builder = DecryptorBuilder::from_reader(src).map_err(|e| ArchiveError::NotABackup(e.to_string()))?;
+    builder
+        .buffer_size(HOLD_BACK)
+        .with_policy(&POLICY, None, helper)
+        .map_err(|e| {
+            if wrong.load(Ordering::Relaxed) {
+                ArchiveError::WrongPassphrase
+            } else if public_key_only.load(Ordering::Relaxed) {
+                ArchiveError::NotABackup("it is encrypted to a public key, not with a passphrase".into())
+            } else {
+                classify(e)
+            }
+        })
+        .map(boxed)
+}
+
+/// Sequoia's error for a stream that could not be read to its end, as we tell it to a user.
+fn classify(e: anyhow::Error) -> ArchiveError {
+    let text = format!("{e:#}");
+    if text.contains("EOF") || text.contains("Truncated") || text.contains("truncated") {
+        ArchiveError::Damaged(format!("the object ends too early ({text})"))
+    } else if text.contains("No binding")
+        || text.contains("Malformed")
+        || text.contains("Unexpected packet")
+        || text.contains("not a")
+    {
+        ArchiveError::NotABackup(text)
+    } else {
+        ArchiveError::Damaged(text)
+    }
+}
+
+/// An error while reading the plaintext: the object is damaged, truncated or tampered with (a bad
+/// MDC), or the store stopped answering.
+pub fn stream_error(e: io::Error) -> ArchiveError {
+    let text = e.to_string();
+    if e.kind() == io::ErrorKind::UnexpectedEof || text.contains("EOF") || text.contains("runcated") {
+        ArchiveError::Damaged(format!("the object ends too early ({text})"))
+    } else {
+        ArchiveError::Damaged(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    const PASS: &str = "correct horse battery staple";
+    const CHUNK: usize = 1 << 18;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    }
+
+    fn ours(plain: &[u8]) -> Vec<u8> {
+        let mut w = encrypt(Vec::new(), &Secret::new(PASS)).unwrap();
+        // uneven writes, to cross every buffer boundary at odd places
+        for piece in plain.chunks(100_003) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn open(object: &[u8], passphrase: &str) -> Result<Vec<u8>, String> {
+        let mut r = decrypt(io::Cursor::new(object.to_vec()), &Secret::new(passphrase)).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn gpg(home: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+        std::fs::create_dir_all(home).unwrap();
+        std::fs::set_permissions(home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let pass = home.join("passphrase");
+        std::fs::write(&pass, PASS).unwrap();
+        let mut child = Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args([
+                "--batch",
+                "--yes",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase-file",
+            ])
+            .arg(&pass)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    const SIZES: [usize; 12] = [
+        0,
+        1,
+        15,
+        16,
+        17,
+        191,
+        8400,
+        CHUNK - 7,
+        CHUNK - 6,
+        CHUNK - 5,
+        CHUNK,
+        3 * CHUNK + 4321,
+    ];
+
+    #[test]
+    fn every_size_round_trips_and_gpg_reads_it() {
+        let home = tempfile::tempdir().unwrap();
+        for len in SIZES {
+            let plain = data(len);
+            let object = ours(&plain);
+            assert_eq!(open(&object, PASS).unwrap(), plain, "ours, {len} bytes");
+            assert_eq!(gpg(home.path(), &["--decrypt"], &object), plain, "gpg, {len} bytes");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_reads_give_the_same_plaintext() {
+        let plain = data(CHUNK + 77);
+        let mut r = decrypt(io::Cursor::new(ours(&plain)), &Secret::new(PASS)).unwrap();
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while r.read(&mut byte).unwrap() == 1 {
+            out.push(byte[0]);
+        }
+        assert_eq!(out, plain);
+    }
+
+    #[test]
+    fn what_gpg_writes_opens_whatever_its_cipher_and_compression() {
+        let home = tempfile::tempdir().unwrap();
+        let plain = data(2 * CHUNK + 999);
+        // AES (GnuPG's default) on our own decryptor, the rest through Sequoia's
+        let cases = [
+            ("AES", "none"),
+            ("AES", "zip"),
+            ("AES", "zlib"),
+            ("AES", "bzip2"),
+            ("AES192", "zip"),
+            ("AES256", "zlib"),
+            ("TWOFISH", "zip"),
+            ("CAMELLIA128", "none"),
+        ];
+        for (cipher, compress) in cases {
+            let args = ["--symmetric", "--cipher-algo", cipher, "--compress-algo", compress];
+            let object = gpg(home.path(), &args, &plain);
+            assert_eq!(open(&object, PASS).unwrap(), plain, "gpg {cipher} {compress}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_passphrase_is_told_as_such() {
+        let home = tempfile::tempdir().unwrap();
+        let plain = data(1000);
+        let theirs = gpg(home.path(), &["--symmetric"], &plain);
+        for object in [ours(&plain), theirs] {
+            assert_eq!(
+                open(&object, "wrong").unwrap_err(),
+                ArchiveError::WrongPassphrase.to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn any_change_or_cut_fails_the_read() {
+        let plain = data(3 * CHUNK);
+        let good = ours(&plain);
+        for at in [200, good.len() / 2, good.len() - 30, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            assert!(open(&bad, PASS).is_err(), "a bit flipped at {at} went unnoticed");
+        }
+        for len in [100, good.len() / 2, good.len() - 22, good.len() - 1] {
+            assert!(open(&good[..len], PASS).is_err(), "cut to {len} went unnoticed");
+        }
+        assert!(open(b"not an OpenPGP message at all", PASS).is_err());
+    }
+}
