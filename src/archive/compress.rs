@@ -1,12 +1,16 @@
 //! gzip that does not waste time on what does not compress. Photos and videos are stored
-//! (level 0: a copy plus CRC), everything else gets level 1. A level cannot change inside a
-//! deflate stream, so a change of level starts a new gzip member; `gzip -d`, `tar -xz` and
-//! flate2's `MultiGzDecoder` all read a series of members as one stream.
+//! (a copy plus CRC), everything else gets level 1. A level cannot change inside a deflate
+//! stream, so a change of level starts a new gzip member; `gzip -d`, `tar -xz` and flate2's
+//! `MultiGzDecoder` all read a series of members as one stream.
+//!
+//! Stored members are written here, not by zlib: its level 0 copies the data twice through its
+//! window and output buffer before we copy it again; here it is copied once, with a 5-octet
+//! header per 64 KiB (RFC 1951 §3.2.4) and the gzip trailer's CRC-32 (RFC 1952).
 
 use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
-use flate2::Compression;
+use flate2::{Compression, Crc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -14,29 +18,41 @@ pub enum Level {
     Fast,
 }
 
-impl Level {
-    fn compression(self) -> Compression {
+/// Files smaller than this keep whatever level is running: a new member costs more than it saves.
+pub const SWITCH_MIN: u64 = 8 << 10;
+
+enum Member<W: Write> {
+    Fast(GzEncoder<W>),
+    Store(Stored<W>),
+}
+
+impl<W: Write> Member<W> {
+    fn start(inner: W, level: Level) -> io::Result<Self> {
+        Ok(match level {
+            Level::Fast => Member::Fast(GzEncoder::new(inner, Compression::fast())),
+            Level::Store => Member::Store(Stored::start(inner)?),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
         match self {
-            Level::Store => Compression::none(),
-            Level::Fast => Compression::fast(),
+            Member::Fast(gz) => gz.finish(),
+            Member::Store(stored) => stored.finish(),
         }
     }
 }
 
-/// Files smaller than this keep whatever level is running: a new member costs more than it saves.
-pub const SWITCH_MIN: u64 = 8 << 10;
-
 pub struct AdaptiveGz<W: Write> {
-    enc: Option<GzEncoder<W>>,
+    member: Option<Member<W>>,
     level: Level,
 }
 
 impl<W: Write> AdaptiveGz<W> {
-    pub fn new(inner: W, level: Level) -> Self {
-        AdaptiveGz {
-            enc: Some(GzEncoder::new(inner, level.compression())),
+    pub fn new(inner: W, level: Level) -> io::Result<Self> {
+        Ok(AdaptiveGz {
+            member: Some(Member::start(inner, level)?),
             level,
-        }
+        })
     }
 
     pub fn set_level(&mut self, level: Level) -> io::Result<()> {
@@ -44,7 +60,7 @@ impl<W: Write> AdaptiveGz<W> {
             return Ok(());
         }
         let inner = self.take()?.finish()?;
-        self.enc = Some(GzEncoder::new(inner, level.compression()));
+        self.member = Some(Member::start(inner, level)?);
         self.level = level;
         Ok(())
     }
@@ -53,30 +69,76 @@ impl<W: Write> AdaptiveGz<W> {
         self.take()?.finish()
     }
 
-    fn take(&mut self) -> io::Result<GzEncoder<W>> {
-        self.enc
-            .take()
-            .ok_or_else(|| io::Error::other("gzip stream already finished"))
+    fn take(&mut self) -> io::Result<Member<W>> {
+        self.member.take().ok_or_else(finished)
     }
+}
 
-    fn enc(&mut self) -> io::Result<&mut GzEncoder<W>> {
-        self.enc
-            .as_mut()
-            .ok_or_else(|| io::Error::other("gzip stream already finished"))
-    }
+fn finished() -> io::Error {
+    io::Error::other("gzip stream already finished")
 }
 
 impl<W: Write> Write for AdaptiveGz<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.enc()?.write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.enc()?.write_all(buf)
+        match self.member.as_mut().ok_or_else(finished)? {
+            Member::Fast(gz) => gz.write(buf),
+            Member::Store(stored) => stored.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.enc()?.flush()
+        match self.member.as_mut().ok_or_else(finished)? {
+            Member::Fast(gz) => gz.flush(),
+            Member::Store(stored) => stored.flush(),
+        }
+    }
+}
+
+/// A gzip member of stored (uncompressed) deflate blocks.
+struct Stored<W: Write> {
+    inner: W,
+    crc: Crc,
+}
+
+/// The most a stored block holds.
+const STORED_MAX: usize = u16::MAX as usize;
+
+impl<W: Write> Stored<W> {
+    fn start(mut inner: W) -> io::Result<Self> {
+        // magic, deflate, no flags, no mtime, no extra flags, OS unknown
+        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+        Ok(Stored { inner, crc: Crc::new() })
+    }
+
+    fn block(&mut self, data: &[u8], last: bool) -> io::Result<()> {
+        let len = data.len() as u16;
+        let [l0, l1] = len.to_le_bytes();
+        let [n0, n1] = (!len).to_le_bytes();
+        self.inner.write_all(&[u8::from(last), l0, l1, n0, n1])?;
+        self.inner.write_all(data)
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.block(&[], true)?;
+        let sum = self.crc.sum().to_le_bytes();
+        let size = self.crc.amount().to_le_bytes();
+        self.inner.write_all(&sum)?;
+        self.inner.write_all(&size)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Stored<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for block in buf.chunks(STORED_MAX) {
+            self.block(block, false)?;
+        }
+        self.crc.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -140,16 +202,37 @@ mod tests {
 
     #[test]
     fn members_read_back_as_one_stream() {
-        let mut gz = AdaptiveGz::new(Vec::new(), Level::Fast);
+        let big: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut gz = AdaptiveGz::new(Vec::new(), Level::Fast).unwrap();
         gz.write_all(b"hello ").unwrap();
         gz.set_level(Level::Store).unwrap();
         gz.write_all(b"stored ").unwrap();
+        gz.write_all(&big).unwrap();
         gz.set_level(Level::Fast).unwrap();
         gz.write_all(b"world").unwrap();
+        gz.set_level(Level::Store).unwrap();
         let bytes = gz.finish().unwrap();
-        let mut out = String::new();
-        MultiGzDecoder::new(&bytes[..]).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello stored world");
+        let mut out = Vec::new();
+        MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out).unwrap();
+        let mut want = b"hello stored ".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"world");
+        assert_eq!(out, want);
+        // and stock gzip agrees, CRC and length included
+        let mut child = std::process::Command::new("gzip")
+            .args(["-d", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || stdin.write_all(&bytes));
+        let gunzipped = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        assert!(gunzipped.status.success());
+        assert_eq!(gunzipped.stdout, want);
     }
 
     #[test]

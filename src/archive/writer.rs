@@ -127,7 +127,7 @@ struct Producer<'a> {
 
 impl<'a> Producer<'a> {
     fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters) -> Result<(), ArchiveError> {
-        let gz = AdaptiveGz::new(out, Level::Fast);
+        let gz = AdaptiveGz::new(out, Level::Fast).map_err(write_err)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);

@@ -94,7 +94,8 @@ impl ObjectStore for DirStore {
         let partial = self.root.join(format!(".{id}.partial"));
         let file = create_private(&partial)?;
         Ok(Box::new(DirUpload {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            // small: the archive's writes are whole 256 KiB chunks, which go straight to the file
+            file: Some(BufWriter::with_capacity(64 << 10, file)),
             partial,
             target: self.object(id),
             sidecar: self.sidecar(id),

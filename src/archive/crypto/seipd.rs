@@ -45,15 +45,17 @@ fn definite_length(len: usize, out: &mut Vec<u8>) {
 }
 
 /// Writes a SEIPD v1 packet of a literal data packet: `write` the plaintext, then `finish`.
-/// Both packets stream with partial body lengths, so memory is two 256 KiB buffers.
+/// Both packets stream with partial body lengths of 256 KiB: memory is two such buffers, and the
+/// plaintext of large writes is not copied before it is encrypted.
 pub struct Seipd1Writer<W: Write> {
     sink: W,
     cfb: cfb_mode::BufEncryptor<Aes256>,
     mdc: Sha1,
-    /// The literal packet's body awaiting its length octet (its first six octets are the packet's
-    /// own fields: binary, no file name, no date).
+    /// The literal packet's body so far in its current chunk (its first six octets are the
+    /// packet's own fields: binary, no file name, no date).
     literal: Vec<u8>,
-    /// The SEIPD packet's body (the version octet, then ciphertext) awaiting its length octet.
+    /// One octet for the chunk's length, then the SEIPD packet's body (the version octet, then
+    /// ciphertext) so far in the current chunk.
     body: Vec<u8>,
 }
 
@@ -63,8 +65,8 @@ impl<W: Write> Seipd1Writer<W> {
         let cfb = cfb_mode::BufEncryptor::new_from_slices(key, &[0; BLOCK])
             .map_err(|_| io::Error::other("the session key has the wrong size"))?;
         sink.write_all(&[TAG_SEIPD])?;
-        let mut body = Vec::with_capacity(CHUNK);
-        body.push(1);
+        let mut body = Vec::with_capacity(1 + CHUNK);
+        body.extend_from_slice(&[0xE0 | CHUNK_LOG2, 1]);
         let mut w = Seipd1Writer {
             sink,
             cfb,
@@ -88,23 +90,27 @@ impl<W: Write> Seipd1Writer<W> {
             self.mdc.update(plain);
         }
         while !plain.is_empty() {
-            let n = (CHUNK - self.body.len()).min(plain.len());
+            let n = (1 + CHUNK - self.body.len()).min(plain.len());
             let start = self.body.len();
             self.body.extend_from_slice(&plain[..n]);
             self.cfb.encrypt(&mut self.body[start..]);
             plain = &plain[n..];
-            if self.body.len() == CHUNK {
-                self.sink.write_all(&[0xE0 | CHUNK_LOG2])?;
+            if self.body.len() == 1 + CHUNK {
                 self.sink.write_all(&self.body)?;
-                self.body.clear();
+                self.body.truncate(1);
             }
         }
         Ok(())
     }
 
-    fn seal_literal_chunk(&mut self, header: &[u8]) -> io::Result<()> {
+    /// Ends the literal packet's current chunk: its length octet, what `literal` holds, then
+    /// `rest` (so `literal.len() + rest.len()` is the chunk's length).
+    fn seal_literal_chunk(&mut self, length: &[u8], rest: &[u8]) -> io::Result<()> {
         let literal = std::mem::take(&mut self.literal);
-        let result = self.seal(header, true).and_then(|()| self.seal(&literal, true));
+        let result = self
+            .seal(length, true)
+            .and_then(|()| self.seal(&literal, true))
+            .and_then(|()| self.seal(rest, true));
         self.literal = literal;
         self.literal.clear();
         result
@@ -114,14 +120,14 @@ impl<W: Write> Seipd1Writer<W> {
     pub fn finish(mut self) -> io::Result<W> {
         let mut len = Vec::with_capacity(5);
         definite_length(self.literal.len(), &mut len);
-        self.seal_literal_chunk(&len)?;
+        self.seal_literal_chunk(&len, &[])?;
         self.seal(&MDC_HEADER, true)?;
         let digest = self.mdc.clone().finalize();
         self.seal(&digest, false)?;
         len.clear();
-        definite_length(self.body.len(), &mut len);
+        definite_length(self.body.len() - 1, &mut len);
         self.sink.write_all(&len)?;
-        self.sink.write_all(&self.body)?;
+        self.sink.write_all(&self.body[1..])?;
         Ok(self.sink)
     }
 }
@@ -130,12 +136,13 @@ impl<W: Write> Write for Seipd1Writer<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
-            let n = (CHUNK - self.literal.len()).min(rest.len());
-            self.literal.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if self.literal.len() == CHUNK {
-                self.seal_literal_chunk(&[0xE0 | CHUNK_LOG2])?;
+            let missing = CHUNK - self.literal.len();
+            if rest.len() < missing {
+                self.literal.extend_from_slice(rest);
+                break;
             }
+            self.seal_literal_chunk(&[0xE0 | CHUNK_LOG2], &rest[..missing])?;
+            rest = &rest[missing..];
         }
         Ok(buf.len())
     }
