@@ -5,11 +5,13 @@
 //! [`seipd`]; no compression packet (the archive is already gzip). GnuPG 2.2 rejects SEIPD v2, so
 //! we do not use it.
 //! Decrypting: AES in a SEIPD v1 packet (ours, and what GnuPG writes) is decrypted by [`seipd`],
-//! with Sequoia parsing the packets around and inside it (a compression packet from GnuPG); any
-//! other message goes to Sequoia's own streaming decryptor. Either way memory stays bounded and
+//! its packet framing removed by [`framing`]; Sequoia finds and opens the SKESK packets, parses
+//! a compression packet inside (GnuPG's), and decrypts any other message with its own streaming
+//! decryptor. Either way memory stays bounded and
 //! integrity (the MDC) is only known at the end of the stream, which is why restores stage
 //! everything before they touch live data.
 
+mod framing;
 mod seipd;
 
 use std::io::{self, Read, Write};
@@ -28,6 +30,7 @@ use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Cert, KeyHandle};
 use sequoia_openpgp as openpgp;
 
+use self::framing::Body;
 use self::seipd::{Integrity, MdcReader, Seipd1Writer, PREFIX};
 use super::ArchiveError;
 use crate::secret::Secret;
@@ -116,21 +119,28 @@ fn aes_key_size(algo: SymmetricAlgorithm) -> Option<usize> {
 }
 
 fn aes_decrypt<'a, R: Read + Send + Sync + 'a>(
-    src: R,
+    mut src: R,
     keys: &[(SymmetricAlgorithm, SessionKey)],
 ) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
-    let mut next = PacketParser::from_reader(src).map_err(classify)?;
-    let mut seipd = loop {
-        match next {
-            PacketParserResult::Some(pp) if matches!(pp.packet, Packet::SEIP(SEIP::V1(_))) => break pp,
-            PacketParserResult::Some(pp) => next = pp.next().map_err(classify)?.1,
-            PacketParserResult::EOF(_) => return Err(ArchiveError::NotABackup("no encrypted data".into())),
+    const TAG_SEIPD: u8 = 18;
+    let mut body = loop {
+        match framing::header(&mut src).map_err(stream_error)? {
+            Some((TAG_SEIPD, length, _)) => break Body::new(src, length),
+            Some((_, length, _)) => src = Body::new(src, length).skip().map_err(stream_error)?,
+            None => return Err(ArchiveError::NotABackup("no encrypted data".into())),
         }
     };
+    let mut version = [0u8; 1];
+    framing::exact(&mut body, &mut version).map_err(stream_error)?;
+    if version[0] != 1 {
+        return Err(ArchiveError::NotABackup(format!(
+            "encrypted data packet version {}",
+            version[0]
+        )));
+    }
     let mut first = [0u8; PREFIX];
-    seipd.read_exact(&mut first).map_err(stream_error)?;
+    framing::exact(&mut body, &mut first).map_err(stream_error)?;
     let outcome = Arc::new(Mutex::new(Integrity::Unread));
-    let mut body = seipd;
     for (algo, key) in keys {
         let opened: Result<Box<dyn Read + Send + Sync + 'a>, _> = match algo {
             SymmetricAlgorithm::AES128 => MdcReader::<_, Aes128>::new(body, key, &first, outcome.clone()).map(boxed),
@@ -138,7 +148,7 @@ fn aes_decrypt<'a, R: Read + Send + Sync + 'a>(
             _ => MdcReader::<_, Aes256>::new(body, key, &first, outcome.clone()).map(boxed),
         };
         match opened {
-            Ok(plain) => return literal_data(plain, outcome),
+            Ok(plain) => return literal(plain, outcome),
             Err(back) => body = back,
         }
     }
@@ -147,6 +157,73 @@ fn aes_decrypt<'a, R: Read + Send + Sync + 'a>(
 
 fn boxed<'a, R: Read + Send + Sync + 'a>(r: R) -> Box<dyn Read + Send + Sync + 'a> {
     Box::new(r)
+}
+
+/// The data of the literal packet that is the plaintext (ours); anything else (GnuPG's
+/// compression packet) goes to Sequoia's parser.
+fn literal<'a>(
+    mut plain: Box<dyn Read + Send + Sync + 'a>,
+    outcome: Arc<Mutex<Integrity>>,
+) -> Result<Box<dyn Read + Send + Sync + 'a>, ArchiveError> {
+    const TAG_LITERAL: u8 = 11;
+    match framing::header(&mut plain).map_err(stream_error)? {
+        Some((TAG_LITERAL, length, _)) => {
+            let mut body = Body::new(plain, length);
+            // format, file name (length-prefixed), date
+            let mut format_and_name = [0u8; 2];
+            framing::exact(&mut body, &mut format_and_name).map_err(stream_error)?;
+            let mut name_and_date = vec![0u8; usize::from(format_and_name[1]) + 4];
+            framing::exact(&mut body, &mut name_and_date).map_err(stream_error)?;
+            Ok(Box::new(Literal {
+                body: Some(body),
+                outcome,
+            }))
+        }
+        Some((_, _, raw)) => literal_data(Box::new(io::Cursor::new(raw).chain(plain)), outcome),
+        None => Err(ArchiveError::NotABackup("the encrypted message holds no data".into())),
+    }
+}
+
+/// Our literal packet's data; at its end, reads the plaintext to its end, where the MDC is
+/// checked, and fails unless it matched.
+struct Literal<'a> {
+    body: Option<Body<Box<dyn Read + Send + Sync + 'a>>>,
+    outcome: Arc<Mutex<Integrity>>,
+}
+
+impl Read for Literal<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(0);
+        };
+        let n = body.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        if let Some(body) = self.body.take() {
+            let mut rest = body.skip()?;
+            let mut probe = [0u8; 64];
+            if rest.read(&mut probe)? > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected data after the backup inside the encrypted packet",
+                ));
+            }
+        }
+        integrity(&self.outcome)
+    }
+}
+
+/// `Ok(0)` (the end) if the MDC matched, else why not.
+fn integrity(outcome: &Mutex<Integrity>) -> io::Result<usize> {
+    match &*outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+        Integrity::Verified => Ok(0),
+        Integrity::Failed(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
+        Integrity::Unread => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the encrypted data ended without its integrity check",
+        )),
+    }
 }
 
 /// The literal data in the decrypted packets (inside a compression packet, when GnuPG wrote it).
@@ -207,14 +284,7 @@ impl Read for LiteralReader<'_> {
                 }
             }
         }
-        match &*self.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
-            Integrity::Verified => Ok(0),
-            Integrity::Failed(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
-            Integrity::Unread => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the encrypted data ended without its integrity check",
-            )),
-        }
+        integrity(&self.outcome)
     }
 }
 
@@ -457,10 +527,15 @@ mod tests {
         for at in [200, good.len() / 2, good.len() - 30, good.len() - 1] {
             let mut bad = good.clone();
             bad[at] ^= 1;
-            assert!(open(&bad, PASS).is_err(), "a bit flipped at {at} went unnoticed");
+            let err = open(&bad, PASS).expect_err("a flipped bit went unnoticed");
+            assert!(
+                err.contains("integrity check (MDC) does not match"),
+                "flip at {at}: {err}"
+            );
         }
         for len in [100, good.len() / 2, good.len() - 22, good.len() - 1] {
-            assert!(open(&good[..len], PASS).is_err(), "cut to {len} went unnoticed");
+            let err = open(&good[..len], PASS).expect_err("a cut went unnoticed");
+            assert!(err.contains("truncated"), "cut to {len}: {err}");
         }
         assert!(open(b"not an OpenPGP message at all", PASS).is_err());
     }
