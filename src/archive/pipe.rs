@@ -4,7 +4,7 @@
 //! [`PipeWriter::finish`]; a writer that failed (dropped unfinished) gives the reader an error,
 //! so a half-made stream can never pass for a whole one.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 enum Msg {
@@ -13,7 +13,9 @@ enum Msg {
 }
 
 pub struct PipeWriter {
+    /// Always `chunk` long (so a reader can fill it in place); `buf[..filled]` is the data.
     buf: Vec<u8>,
+    filled: usize,
     chunk: usize,
     data: SyncSender<Msg>,
     free: Receiver<Vec<u8>>,
@@ -31,7 +33,8 @@ pub fn pipe(chunk: usize, depth: usize) -> (PipeWriter, PipeReader) {
     let (data_tx, data_rx) = sync_channel(depth);
     let (free_tx, free_rx) = sync_channel(depth + 2);
     let w = PipeWriter {
-        buf: Vec::with_capacity(chunk),
+        buf: vec![0; chunk],
+        filled: 0,
         chunk,
         data: data_tx,
         free: free_rx,
@@ -52,14 +55,29 @@ fn closed() -> io::Error {
 
 impl PipeWriter {
     fn send(&mut self) -> io::Result<()> {
-        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.chunk));
-        let full = std::mem::replace(&mut self.buf, next);
+        let mut next = self.free.try_recv().unwrap_or_default();
+        next.resize(self.chunk, 0);
+        let mut full = std::mem::replace(&mut self.buf, next);
+        full.truncate(self.filled);
+        self.filled = 0;
         self.data.send(Msg::Data(full)).map_err(|_| closed())
+    }
+
+    /// Room to fill in place (sending the chunk first if it is full); say how much with `commit`.
+    pub fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.filled == self.chunk {
+            self.send()?;
+        }
+        Ok(&mut self.buf[self.filled..])
+    }
+
+    pub fn commit(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.chunk);
     }
 
     /// Sends what is buffered and marks a clean end of stream.
     pub fn finish(mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
+        if self.filled > 0 {
             self.send()?;
         }
         self.data.send(Msg::End).map_err(|_| closed())
@@ -68,12 +86,10 @@ impl PipeWriter {
 
 impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.chunk - self.buf.len();
-        let n = room.min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == self.chunk {
-            self.send()?;
-        }
+        let space = self.spare()?;
+        let n = space.len().min(data.len());
+        space[..n].copy_from_slice(&data[..n]);
+        self.commit(n);
         Ok(n)
     }
 
@@ -82,17 +98,16 @@ impl Write for PipeWriter {
     }
 }
 
-impl Read for PipeReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.buf.len() {
-            if self.ended || out.is_empty() {
-                return Ok(0);
+            if self.ended {
+                return Ok(&[]);
             }
             match self.data.recv() {
                 Ok(Msg::Data(next)) => {
-                    let mut used = std::mem::replace(&mut self.buf, next);
+                    let used = std::mem::replace(&mut self.buf, next);
                     self.pos = 0;
-                    used.clear();
                     let _ = self.free.try_send(used);
                 }
                 Ok(Msg::End) => self.ended = true,
@@ -104,9 +119,23 @@ impl Read for PipeReader {
                 }
             }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let available = self.fill_buf()?;
+        let n = out.len().min(available.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

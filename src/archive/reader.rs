@@ -11,7 +11,7 @@
 //! [`read`] returns Ok only if the whole stream was read and OpenPGP's integrity check passed.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::Mutex;
 
 use flate2::read::MultiGzDecoder;
@@ -76,7 +76,7 @@ pub fn read(
         &counters,
         progress,
         move || decrypt_stage(src, passphrase, tx),
-        || unpack_stage(BufReader::with_capacity(64 << 10, rx), visitor, &counters),
+        || unpack_stage(rx, visitor, &counters),
     );
     match unpacked {
         Ok(summary) => decrypted.map(|()| summary),
@@ -98,19 +98,17 @@ impl<R: Read> Read for SyncRead<R> {
 
 fn decrypt_stage(src: Box<dyn Read + Send>, passphrase: &Secret, mut out: PipeWriter) -> Result<(), ArchiveError> {
     let mut plain = crypto::decrypt(SyncRead(Mutex::new(src)), passphrase)?;
-    let mut buf = vec![0u8; PIPE_CHUNK];
+    let pass_on = |e| ArchiveError::io("passing on the decrypted stream", e);
     loop {
-        let n = match plain.read(&mut buf) {
+        let space = out.spare().map_err(pass_on)?;
+        match plain.read(space) {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => out.commit(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(crypto::stream_error(e)),
-        };
-        io::Write::write_all(&mut out, &buf[..n])
-            .map_err(|e| ArchiveError::io("passing on the decrypted stream", e))?;
+        }
     }
-    out.finish()
-        .map_err(|e| ArchiveError::io("passing on the decrypted stream", e))
+    out.finish().map_err(pass_on)
 }
 
 fn unpack_stage<R: BufRead>(

@@ -10,7 +10,7 @@
 //! [`manifest::CHUNK`] files.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Cursor, Read, Write};
+use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -93,17 +93,18 @@ pub fn write(
 
 fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
     let mut message = crypto::encrypt(upload, passphrase)?;
-    let mut buf = vec![0u8; PIPE_CHUNK];
     loop {
-        let n = input
-            .read(&mut buf)
+        let chunk = input
+            .fill_buf()
             .map_err(|e| ArchiveError::io("reading the archive stream", e))?;
-        if n == 0 {
+        if chunk.is_empty() {
             break;
         }
         message
-            .write_all(&buf[..n])
+            .write_all(chunk)
             .map_err(|e| ArchiveError::io("writing the backup", e))?;
+        let n = chunk.len();
+        input.consume(n);
     }
     message
         .finish()
