@@ -31,8 +31,9 @@ use crate::store::StoreError;
 /// Attempts to resume a range after a dropped connection without any progress in between.
 const RESUME_ATTEMPTS: u32 = 5;
 
-/// How a download is split into ranged GETs. The defaults suit S3 (awscli also fetches 8 MiB
-/// ranges); tests use small ranges to exercise many of them.
+/// How a download is split into ranged GETs. The defaults keep four GETs in flight (per-connection
+/// speed is what limits one GET, on S3 as on s3s-fs) with 12 MiB held at most, which keeps a whole
+/// `restore` under 64 MiB RSS; tests use small ranges to exercise many of them.
 #[derive(Debug, Clone, Copy)]
 pub struct DownloadTuning {
     /// Bytes per ranged GET; an object no larger is one GET.
@@ -47,7 +48,7 @@ pub struct DownloadTuning {
 impl Default for DownloadTuning {
     fn default() -> Self {
         DownloadTuning {
-            range_size: 8 << 20,
+            range_size: 4 << 20,
             ranges_in_flight: 4,
             resume_delay: Duration::from_millis(500),
         }
