@@ -295,14 +295,14 @@ impl ObjectStore for S3Store {
 
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
         let key = self.params.key(id.as_str());
-        let get = |range: Option<String>| {
+        let request = |range: Option<String>| {
             let request = self.target.client.get_object().bucket(&self.target.bucket).key(&key);
-            self.rt.block_on(request.set_range(range).send())
+            request.set_range(range).send()
         };
         // the first range tells the object's size and ETag; an empty object has no range to give
         let last = self.download.range_size.max(1) - 1;
-        let first = match get(Some(format!("bytes=0-{last}"))) {
-            Err(e) if status(&e) == Some(416) => get(None),
+        let first = match self.rt.block_on(request(Some(format!("bytes=0-{last}")))) {
+            Err(e) if status(&e) == Some(416) => self.rt.block_on(request(None)),
             first => first,
         };
         match first {
