@@ -8,12 +8,14 @@ mod s3_server;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use s3_server::{Kind, S3Server, BOTH};
 use synapse_backup::backup_id::BackupId;
-use synapse_backup::store::s3::{S3Params, S3Store};
+use synapse_backup::store::s3::{DownloadTuning, S3Params, S3Store};
 use synapse_backup::store::{ObjectMeta, ObjectStore, StoreError};
 
 const BUCKET: &str = "backups";
@@ -490,15 +492,16 @@ fn the_cli_reports_a_server_killed_mid_backup_and_lists_nothing_after() {
     assert!(server.keys(BUCKET).is_empty());
 }
 
-/// A loopback TCP relay to the server that breaks the first connection carrying more than
-/// `cut_after` bytes towards the client, as a dropped network would mid-download.
-fn flaky_relay(upstream: u16, cut_after: u64) -> u16 {
+/// A loopback TCP relay to the server that, once `cut_after` bytes have gone towards the client
+/// over all its connections, breaks the connection carrying the next byte, as a dropped network
+/// would mid-download. The flag says whether it did.
+fn flaky_relay(upstream: u16, cut_after: u64) -> (u16, Arc<AtomicBool>) {
     use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cut_done = Arc::new(AtomicBool::new(false));
+    let relayed = Arc::new(AtomicU64::new(0));
+    let cut = cut_done.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
@@ -510,21 +513,26 @@ fn flaky_relay(upstream: u16, cut_after: u64) -> u16 {
                 let _ = std::io::copy(&mut c_in, &mut s_out);
                 let _ = s_out.shutdown(Shutdown::Write);
             });
-            let cut_done = cut_done.clone();
+            let (cut_done, relayed) = (cut_done.clone(), relayed.clone());
             std::thread::spawn(move || {
                 let (mut s_in, mut c_out) = (server, client);
-                let mut sent = 0u64;
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
                     let n = match s_in.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if c_out.write_all(&buf[..n]).is_err() {
+                    let before = relayed.fetch_add(n as u64, Ordering::SeqCst);
+                    let cut_here = before + n as u64 > cut_after && !cut_done.swap(true, Ordering::SeqCst);
+                    let keep = if cut_here {
+                        cut_after.saturating_sub(before) as usize
+                    } else {
+                        n
+                    };
+                    if c_out.write_all(&buf[..keep]).is_err() {
                         break;
                     }
-                    sent += n as u64;
-                    if sent > cut_after && !cut_done.swap(true, Ordering::SeqCst) {
+                    if cut_here {
                         let _ = c_out.shutdown(Shutdown::Both);
                         let _ = s_in.shutdown(Shutdown::Both);
                         break;
@@ -534,7 +542,7 @@ fn flaky_relay(upstream: u16, cut_after: u64) -> u16 {
             });
         }
     });
-    port
+    (port, cut)
 }
 
 #[test]
@@ -543,14 +551,165 @@ fn a_download_resumes_after_the_connection_drops() {
         let server = server_with_bucket(kind);
         let body = noise(12 << 20, 9);
         put(&store(&server, BUCKET, ""), &id(50), &body);
-        let relay = flaky_relay(server.port, 3 << 20);
+        let (relay, cut) = flaky_relay(server.port, 3 << 20);
         let mut bag = server.databag(BUCKET, "");
         bag.insert("endpoint".into(), format!("http://127.0.0.1:{relay}"));
         let through_relay = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
         let mut back = Vec::new();
         through_relay.get(&id(50)).unwrap().read_to_end(&mut back).unwrap();
+        assert!(cut.load(Ordering::SeqCst), "{kind:?}: the relay never cut");
         assert_eq!(back.len(), body.len(), "{kind:?}");
         assert!(back == body, "{kind:?}: the resumed download differs");
+    }
+}
+
+/// Downloads in ranges of 256 KiB, four in flight, resuming after 10 ms.
+fn small_ranges() -> DownloadTuning {
+    DownloadTuning {
+        range_size: 256 << 10,
+        ranges_in_flight: 4,
+        resume_delay: Duration::from_millis(10),
+    }
+}
+
+#[test]
+fn a_backup_spanning_many_ranges_comes_back_byte_identical() {
+    for kind in BOTH {
+        let server = server_with_bucket(kind);
+        let store = store(&server, BUCKET, "synapse");
+        let ranged = self::store(&server, BUCKET, "synapse").with_download_tuning(small_ranges());
+        // one byte, one range to the byte, one more, whole ranges, many ranges and a short last one
+        for (n, len) in [1, 256 << 10, (256 << 10) + 1, 3 << 18, (5 << 20) + 12_345]
+            .into_iter()
+            .enumerate()
+        {
+            let body = noise(len, 11 + n as u64);
+            put(&store, &id(60 + n as u32), &body);
+            let mut back = Vec::new();
+            ranged.get(&id(60 + n as u32)).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back.len(), len, "{kind:?}");
+            assert!(back == body, "{kind:?}: the {len}-byte download differs");
+        }
+    }
+}
+
+#[test]
+fn a_connection_dropped_in_a_later_range_resumes_there() {
+    for kind in BOTH {
+        let server = server_with_bucket(kind);
+        let body = noise(6 << 20, 12);
+        put(&store(&server, BUCKET, ""), &id(70), &body);
+        // 1 MiB ranges with at most 3 MiB held ahead: by the 4.5th MiB the first range is long done
+        let (relay, cut) = flaky_relay(server.port, (9 << 20) / 2);
+        let mut bag = server.databag(BUCKET, "");
+        bag.insert("endpoint".into(), format!("http://127.0.0.1:{relay}"));
+        let through_relay = S3Store::new(S3Params::from_map(&bag).unwrap())
+            .unwrap()
+            .with_download_tuning(DownloadTuning {
+                range_size: 1 << 20,
+                ..small_ranges()
+            });
+        let mut back = Vec::new();
+        through_relay.get(&id(70)).unwrap().read_to_end(&mut back).unwrap();
+        assert!(cut.load(Ordering::SeqCst), "{kind:?}: the relay never cut");
+        assert_eq!(back.len(), body.len(), "{kind:?}");
+        assert!(back == body, "{kind:?}: the resumed download differs");
+    }
+}
+
+#[test]
+fn an_object_replaced_mid_download_is_an_error_not_a_mix() {
+    for kind in BOTH {
+        let server = server_with_bucket(kind);
+        let store = store(&server, BUCKET, "");
+        let (old, new) = (noise(3 << 20, 13), noise(3 << 20, 14));
+        put(&store, &id(80), &old);
+        // 128 KiB ranges, one ahead of the reader: most ranges are asked for after the replacement
+        let ranged = self::store(&server, BUCKET, "").with_download_tuning(DownloadTuning {
+            range_size: 128 << 10,
+            ranges_in_flight: 2,
+            ..small_ranges()
+        });
+        let mut reader = ranged.get(&id(80)).unwrap();
+        let mut back = vec![0; 200 << 10];
+        reader.read_exact(&mut back).unwrap();
+        put(&store, &id(80), &new);
+        let err = reader.read_to_end(&mut back).unwrap_err().to_string();
+        assert!(err.contains("was replaced during the download"), "{kind:?}: {err}");
+        assert!(
+            back.len() < old.len() && old.starts_with(&back),
+            "{kind:?}: bytes of the new object were used"
+        );
+    }
+}
+
+/// A server answering every GET for a `promised`-byte object with the bytes asked for as far as
+/// `have` goes, then closing the connection: an object cut short behind a broken server or proxy.
+fn truncating_server(have: Vec<u8>, promised: usize) -> u16 {
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut request = Vec::new();
+            let mut byte = [0u8];
+            while !request.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            let (first, last) = request
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim().split_once('-'))
+                .map(|(a, b)| (a.parse().unwrap(), b.parse::<usize>().unwrap().min(promised - 1)))
+                .unwrap_or((0, promised - 1));
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {first}-{last}/{promised}\r\n\
+                 ETag: \"cut-short\"\r\nConnection: close\r\n\r\n",
+                last + 1 - first
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&have[first.min(have.len())..(last + 1).min(have.len())]);
+        }
+    });
+    port
+}
+
+#[test]
+fn an_object_cut_short_is_an_error_not_an_early_end() {
+    let have = noise(300_000, 15);
+    let port = truncating_server(have.clone(), 1 << 20);
+    let bag = [
+        ("access-key", "AKIATEST"),
+        ("secret-key", "secret"),
+        ("bucket", BUCKET),
+        ("endpoint", &format!("http://127.0.0.1:{port}")),
+        ("s3-uri-style", "path"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // one GET for the whole object, and 64 KiB ranges where the fifth is cut short
+    for range_size in [8 << 20, 64 << 10] {
+        let store = S3Store::new(S3Params::from_map(&bag).unwrap())
+            .unwrap()
+            .with_download_tuning(DownloadTuning {
+                range_size,
+                ..small_ranges()
+            });
+        let mut back = Vec::new();
+        let err = store
+            .get(&id(90))
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap_err()
+            .to_string();
+        assert!(back == have, "{range_size}: {} bytes came before the error", back.len());
+        assert!(
+            err.contains("at byte 300000") && err.contains("gave up"),
+            "{range_size}: {err}"
+        );
     }
 }
 
@@ -561,7 +720,7 @@ fn the_cli_goes_through_the_juju_proxy_unless_no_proxy_says_otherwise() {
     let server = server_with_bucket(Kind::S3sFs);
     // a forwarding relay as the proxy; the endpoint's name does not resolve, so only the proxy
     // can reach the server
-    let proxy = flaky_relay(server.port, u64::MAX);
+    let (proxy, _) = flaky_relay(server.port, u64::MAX);
     let run = |no_proxy: &str| {
         let endpoint = "http://s3.example.invalid:7480";
         let out = cli_command_at(endpoint, &server, &server.secret_key, "", &config, &["--json", "list"])

@@ -1,9 +1,19 @@
-//! A backup read as a stream: one GET whose body a task on the store's runtime forwards through a
-//! small bounded channel to the restore pipeline's (blocking) reader. When the connection drops
-//! mid-way the task asks again from the first missing byte (a Range request pinned to the object's
-//! ETag, so a replaced object is never spliced in), with back-off, before giving up.
+//! A backup read as a stream of consecutive byte ranges, fetched by ranged GETs on the store's
+//! runtime and handed to the restore pipeline's (blocking) reader strictly in order.
+//!
+//! The first GET asks for the first range and tells the object's size and ETag; an object no larger
+//! than one range is that one GET. Past it, every range that starts within a window of
+//! `(ranges_in_flight - 1) × range_size` bytes beyond what the reader has taken is fetched by its own
+//! task, and no task takes in a byte beyond that window: a task that gets ahead waits, so at most
+//! `ranges_in_flight` GETs are in flight and the bytes held stay within the window (plus one frame),
+//! kept as the frames hyper gives. Every later GET is pinned with `If-Match` and its answer checked
+//! (ETag, Content-Range), so a replaced object is never spliced in. When a connection drops, or a
+//! stream ends before its range does, the range is asked again from its first missing byte, with
+//! back-off, before giving up. Dropping the reader aborts every range task.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,67 +21,172 @@ use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Buf, Bytes};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::client::{store_error, Context};
+use super::client::{causes, status, store_error, Context};
 use super::Target;
+use crate::store::StoreError;
 
-/// Body chunks buffered between the network and the reader (hyper's chunks are ≤ a few hundred KiB).
-const CHANNEL_DEPTH: usize = 16;
-/// Attempts to resume after a dropped connection without any progress in between.
+/// Attempts to resume a range after a dropped connection without any progress in between.
 const RESUME_ATTEMPTS: u32 = 5;
 
-pub(super) struct S3Download {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-    /// The object's size, to tell the end from a stream that stopped early.
-    total: Option<u64>,
-    read: u64,
+/// How a download is split into ranged GETs. The defaults keep four GETs in flight (per-connection
+/// speed is what limits one GET, on S3 as on s3s-fs) with 12 MiB held at most, which keeps a whole
+/// `restore` under 64 MiB RSS; tests use small ranges to exercise many of them.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadTuning {
+    /// Bytes per ranged GET; an object no larger is one GET.
+    pub range_size: u64,
+    /// Ranged GETs in flight at most (at least 2); the bytes held ahead of the reader stay within
+    /// `(ranges_in_flight - 1) × range_size`.
+    pub ranges_in_flight: usize,
+    /// The pause before resuming a dropped range; it doubles with each attempt that brings nothing.
+    pub resume_delay: Duration,
+}
+
+impl Default for DownloadTuning {
+    fn default() -> Self {
+        DownloadTuning {
+            range_size: 4 << 20,
+            ranges_in_flight: 4,
+            resume_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl DownloadTuning {
+    /// Bytes past what the reader has taken that the range tasks may take in.
+    fn window(&self) -> u64 {
+        self.range_size.max(1) * (self.ranges_in_flight.max(2) as u64 - 1)
+    }
+}
+
+/// What every range task needs to know about the object.
+struct Object {
+    target: Arc<Target>,
     key: String,
+    size: u64,
+    /// Pinned on every GET after the first (`None` if the server gave none).
+    etag: Option<String>,
+    tuning: DownloadTuning,
+}
+
+pub(super) struct S3Download {
+    object: Arc<Object>,
+    /// Ranges handed to tasks and not yet read to their end, in order.
+    ranges: VecDeque<Fetch>,
+    current: Bytes,
+    /// Bytes taken from the ranges so far (`current` included): where the window starts.
+    taken: u64,
+    /// The first byte not yet handed to a task.
+    next: u64,
+    window: watch::Sender<u64>,
+    rt: Arc<Runtime>,
+}
+
+struct Fetch {
+    end: u64,
+    rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
     task: JoinHandle<()>,
-    _rt: Arc<Runtime>,
 }
 
 impl S3Download {
-    pub(super) fn start(rt: Arc<Runtime>, target: Arc<Target>, key: String, first: GetObjectOutput) -> Self {
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let total = first.content_length.and_then(|n| u64::try_from(n).ok());
-        let task = rt.spawn(forward(target, key.clone(), first, tx));
-        S3Download {
-            rx,
-            current: Bytes::new(),
-            total,
-            read: 0,
-            key,
-            task,
-            _rt: rt,
+    /// Reads the object from `first`, the answer to a GET of its first range (or of all of it).
+    pub(super) fn start(
+        rt: Arc<Runtime>,
+        target: Arc<Target>,
+        key: String,
+        tuning: DownloadTuning,
+        first: GetObjectOutput,
+    ) -> Result<Self, StoreError> {
+        let length = first.content_length.and_then(|n| u64::try_from(n).ok());
+        let (first_range, size) = match first.content_range.as_deref() {
+            None => length.map(|n| (0..n, n)),
+            Some(range) => parse_content_range(range).filter(|(r, _)| r.start == 0 && Some(r.end) == length),
         }
+        .ok_or_else(|| {
+            StoreError::Other(format!(
+                "downloading {key} from {}: the server's answer does not say how large the object is",
+                target.endpoint
+            ))
+        })?;
+        let object = Arc::new(Object {
+            target,
+            key,
+            size,
+            etag: first.e_tag,
+            tuning,
+        });
+        let mut download = S3Download {
+            object,
+            ranges: VecDeque::new(),
+            current: Bytes::new(),
+            taken: 0,
+            next: 0,
+            window: watch::Sender::new(0),
+            rt,
+        };
+        download.spawn(first_range, Some(first.body));
+        download.spawn_ahead();
+        Ok(download)
+    }
+
+    /// Hands every range that starts within the window to a task.
+    fn spawn_ahead(&mut self) {
+        let tuning = self.object.tuning;
+        let limit = self.object.size.min(self.taken + tuning.window());
+        while self.next < limit {
+            let end = (self.next + tuning.range_size.max(1)).min(self.object.size);
+            self.spawn(self.next..end, None);
+        }
+    }
+
+    fn spawn(&mut self, range: Range<u64>, body: Option<ByteStream>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let window = self.window.subscribe();
+        let task = self
+            .rt
+            .spawn(fetch(self.object.clone(), range.clone(), body, tx, window));
+        self.next = range.end;
+        self.ranges.push_back(Fetch {
+            end: range.end,
+            rx,
+            task,
+        });
     }
 }
 
 impl Read for S3Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
+            let Some(head) = self.ranges.front_mut() else {
+                return Ok(0);
+            };
+            match head.rx.blocking_recv() {
+                Some(Ok(frame)) => {
+                    self.taken += frame.len() as u64;
+                    self.current = frame;
+                    self.window.send_replace(self.taken);
+                    self.spawn_ahead();
+                }
                 Some(Err(e)) => return Err(e),
-                None => match self.total {
-                    Some(total) if self.read < total => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "downloading {}: the stream stopped after {} of {total} bytes",
-                                self.key, self.read
-                            ),
-                        ))
-                    }
-                    _ => return Ok(0),
-                },
+                None if self.taken == head.end => {
+                    self.ranges.pop_front();
+                }
+                // a task ends with its range's bytes or with an error: this one was stopped
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "downloading {}: the stream stopped after {} of {} bytes",
+                            self.object.key, self.taken, self.object.size
+                        ),
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.current.len());
-        self.read += n as u64;
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
@@ -80,89 +195,196 @@ impl Read for S3Download {
 
 impl Drop for S3Download {
     fn drop(&mut self) {
-        self.task.abort();
+        for fetch in &self.ranges {
+            fetch.task.abort();
+        }
     }
 }
 
-async fn forward(target: Arc<Target>, key: String, first: GetObjectOutput, tx: mpsc::Sender<io::Result<Bytes>>) {
-    let total = first.content_length.and_then(|n| u64::try_from(n).ok());
-    let etag = first.e_tag.clone();
-    let mut body = first.body;
-    let mut received: u64 = 0;
-    let mut failures = 0;
-    loop {
-        let why = match pump(&mut body, &tx, &mut received, &mut failures).await {
-            Pumped::ReceiverGone => return,
-            Pumped::Ended if total.is_none_or(|t| received >= t) => return,
-            Pumped::Ended => format!("the connection closed after {received} of {} bytes", total.unwrap_or(0)),
-            Pumped::Broken(e) => e,
-        };
-        failures += 1;
-        if failures > RESUME_ATTEMPTS {
-            let _ = tx
-                .send(Err(io::Error::other(format!(
-                    "downloading {key} from {}: {why} (gave up after {RESUME_ATTEMPTS} attempts to resume)",
-                    target.endpoint
-                ))))
-                .await;
-            return;
-        }
-        tracing::warn!("downloading {key}: {why}; resuming at byte {received}");
-        tokio::time::sleep(Duration::from_millis(250 << failures.min(6))).await;
-        let mut request = target
+/// Why a GET brought no body to read.
+enum Failure {
+    /// The server answered, but not with the bytes asked for: retrying cannot help.
+    Final(io::Error),
+    /// No answer (connection refused or dropped, timeout): worth resuming.
+    Retry(String),
+}
+
+impl Object {
+    /// A GET of `range`, pinned to the ETag, checked to be the bytes asked for.
+    async fn get(&self, range: &Range<u64>) -> Result<ByteStream, Failure> {
+        let asked = format!("bytes {}-{}", range.start, range.end - 1);
+        let mut request = self
+            .target
             .client
             .get_object()
-            .bucket(&target.bucket)
-            .key(&key)
-            .range(format!("bytes={received}-"));
-        if let Some(etag) = &etag {
+            .bucket(&self.target.bucket)
+            .key(&self.key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1));
+        if let Some(etag) = &self.etag {
             request = request.if_match(etag);
         }
-        match request.send().await {
-            Ok(out) => body = out.body,
-            Err(e) => {
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(412) => return Err(Failure::Final(self.replaced())),
+            // an answer that is not the object (deleted, denied, server error after retries) is final
+            Err(e) if status(&e).is_some() => {
                 let cx = Context {
-                    what: &format!("resuming the download of {key}"),
-                    bucket: &target.bucket,
-                    endpoint: &target.endpoint,
+                    what: &format!("downloading {} ({asked})", self.key),
+                    bucket: &self.target.bucket,
+                    endpoint: &self.target.endpoint,
                 };
-                // a GET that gets an answer but not the object (deleted, replaced, denied) is final
-                if super::client::status(&e).is_some() {
-                    let _ = tx.send(Err(io::Error::other(store_error(cx, e)))).await;
-                    return;
-                }
-                body = ByteStream::from_static(b"");
+                return Err(Failure::Final(io::Error::other(store_error(cx, e))));
             }
+            Err(e) => return Err(Failure::Retry(causes(&e))),
+        };
+        // servers that ignore If-Match still tell the ETag of what they send
+        if self.etag.is_some() && out.e_tag != self.etag {
+            return Err(Failure::Final(self.replaced()));
         }
+        match out.content_range.as_deref().and_then(parse_content_range) {
+            Some((got, size)) if got == *range && size == self.size => Ok(out.body),
+            _ => Err(Failure::Final(io::Error::other(format!(
+                "downloading {} from {}: asked for {asked} of {}, the server answered with {}",
+                self.key,
+                self.target.endpoint,
+                self.size,
+                out.content_range.as_deref().unwrap_or("the whole object"),
+            )))),
+        }
+    }
+
+    fn replaced(&self) -> io::Error {
+        io::Error::other(format!(
+            "downloading {} from {}: the object was replaced during the download (its ETag is no longer \
+             {}); nothing of the new one was used, run it again",
+            self.key,
+            self.target.endpoint,
+            self.etag.as_deref().unwrap_or("")
+        ))
+    }
+}
+
+/// `bytes 0-99/1000` as (0..100, 1000).
+fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last).then_some((first..last + 1, size.parse().ok()?))
+}
+
+/// One range's task: sends its bytes in frames to the reader, resuming from the first missing byte
+/// when a connection drops, until the range is complete, the reader is gone or it gives up.
+async fn fetch(
+    object: Arc<Object>,
+    range: Range<u64>,
+    mut body: Option<ByteStream>,
+    tx: mpsc::UnboundedSender<io::Result<Bytes>>,
+    mut window: watch::Receiver<u64>,
+) {
+    let mut pos = range.start;
+    let mut failures = 0;
+    loop {
+        let before = pos;
+        let attempt = match body.take() {
+            Some(body) => Ok(body),
+            None => object.get(&(pos..range.end)).await,
+        };
+        let why = match attempt {
+            Ok(mut body) => match pump(&object, &mut body, &mut pos, range.end, &tx, &mut window).await {
+                Pumped::Done => return,
+                Pumped::Broken(why) => why,
+            },
+            Err(Failure::Final(e)) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            Err(Failure::Retry(why)) => why,
+        };
+        failures = if pos > before { 1 } else { failures + 1 };
+        if failures > RESUME_ATTEMPTS {
+            let _ = tx.send(Err(io::Error::other(format!(
+                "downloading {} from {}: bytes {}-{}: {why} at byte {pos} (gave up after {RESUME_ATTEMPTS} \
+                 attempts to resume)",
+                object.key,
+                object.target.endpoint,
+                range.start,
+                range.end - 1
+            ))));
+            return;
+        }
+        tracing::warn!("downloading {}: {why} at byte {pos}; resuming", object.key);
+        tokio::time::sleep(object.tuning.resume_delay * (1u32 << (failures - 1).min(5))).await;
     }
 }
 
 enum Pumped {
-    Ended,
-    ReceiverGone,
+    /// The range is complete, or the reader is gone.
+    Done,
     Broken(String),
 }
 
+/// Forwards the body's frames to the reader, waiting while `pos` is beyond the window.
 async fn pump(
+    object: &Object,
     body: &mut ByteStream,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    received: &mut u64,
-    failures: &mut u32,
+    pos: &mut u64,
+    end: u64,
+    tx: &mpsc::UnboundedSender<io::Result<Bytes>>,
+    window: &mut watch::Receiver<u64>,
 ) -> Pumped {
+    let ahead = object.tuning.window();
     loop {
+        if *pos < end && window.wait_for(|taken| *pos < taken + ahead).await.is_err() {
+            return Pumped::Done;
+        }
         match body.next().await {
-            None => return Pumped::Ended,
-            Some(Ok(chunk)) => {
-                if chunk.is_empty() {
-                    continue;
-                }
-                *received += chunk.len() as u64;
-                *failures = 0;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return Pumped::ReceiverGone;
+            None if *pos == end => return Pumped::Done,
+            None => return Pumped::Broken("the stream ended early".into()),
+            Some(Ok(frame)) if frame.len() as u64 > end - *pos => {
+                return Pumped::Broken("the server sent more bytes than asked for".into())
+            }
+            Some(Ok(frame)) => {
+                *pos += frame.len() as u64;
+                if !frame.is_empty() && tx.send(Ok(frame)).is_err() {
+                    return Pumped::Done;
                 }
             }
-            Some(Err(e)) => return Pumped::Broken(super::client::causes(&e)),
+            Some(Err(e)) => return Pumped::Broken(format!("the connection dropped ({})", causes(&e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_are_read_strictly() {
+        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0..100, 1000)));
+        assert_eq!(parse_content_range("bytes 8-8/9"), Some((8..9, 9)));
+        for bad in [
+            "bytes */1000",
+            "bytes 5-4/10",
+            "0-99/1000",
+            "bytes 0-99/*",
+            "bytes 0-x/10",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_the_range_being_read_moving() {
+        let t = DownloadTuning {
+            range_size: 8,
+            ranges_in_flight: 1,
+            resume_delay: Duration::ZERO,
+        };
+        assert_eq!(t.window(), 8);
+        let t = DownloadTuning {
+            ranges_in_flight: 4,
+            ..t
+        };
+        assert_eq!(t.window(), 24);
     }
 }

@@ -22,6 +22,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use self::client::{status, store_error, Context};
+pub use self::download::DownloadTuning;
 use self::download::S3Download;
 pub use self::params::{S3ConfigError, S3Params, SignatureVersion, UriStyle, DEFAULT_REGION, KEYS};
 use self::upload::S3Upload;
@@ -49,6 +50,7 @@ pub struct S3Store {
     target: Arc<Target>,
     /// Shared with uploads and downloads, which may outlive the store.
     rt: Arc<Runtime>,
+    download: DownloadTuning,
 }
 
 impl S3Store {
@@ -81,7 +83,17 @@ impl S3Store {
             params,
             target,
             rt: Arc::new(rt),
+            download: DownloadTuning::default(),
         })
+    }
+
+    /// Splits downloads into ranged GETs as `tuning` says instead of the defaults (tests use small
+    /// ranges to exercise many).
+    pub fn with_download_tuning(self, tuning: DownloadTuning) -> Self {
+        S3Store {
+            download: tuning,
+            ..self
+        }
     }
 
     pub fn params(&self) -> &S3Params {
@@ -283,21 +295,24 @@ impl ObjectStore for S3Store {
 
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
         let key = self.params.key(id.as_str());
-        let first = self.rt.block_on(
-            self.target
-                .client
-                .get_object()
-                .bucket(&self.target.bucket)
-                .key(&key)
-                .send(),
-        );
+        let request = |range: Option<String>| {
+            let request = self.target.client.get_object().bucket(&self.target.bucket).key(&key);
+            request.set_range(range).send()
+        };
+        // the first range tells the object's size and ETag; an empty object has no range to give
+        let last = self.download.range_size.max(1) - 1;
+        let first = match self.rt.block_on(request(Some(format!("bytes=0-{last}")))) {
+            Err(e) if status(&e) == Some(416) => self.rt.block_on(request(None)),
+            first => first,
+        };
         match first {
             Ok(out) => Ok(Box::new(S3Download::start(
                 self.rt.clone(),
                 self.target.clone(),
                 key,
+                self.download,
                 out,
-            ))),
+            )?)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Err(StoreError::NotFound(id.clone())),
             Err(e) => Err(store_error(self.cx(&format!("downloading {id}")), e)),
         }
