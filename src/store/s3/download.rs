@@ -30,6 +30,8 @@ use crate::store::StoreError;
 
 /// Attempts to resume a range after a dropped connection without any progress in between.
 const RESUME_ATTEMPTS: u32 = 5;
+/// Bytes a range task gathers before waking the reader (hyper's frames are often a few KiB).
+const BATCH: usize = 256 << 10;
 
 /// How a download is split into ranged GETs. The defaults keep four GETs in flight (per-connection
 /// speed is what limits one GET, on S3 as on s3s-fs) with 12 MiB held at most, which keeps a whole
@@ -56,6 +58,11 @@ impl Default for DownloadTuning {
 }
 
 impl DownloadTuning {
+    /// How far the reader gets before it tells the range tasks (it always tells before it waits).
+    fn window_step(&self) -> u64 {
+        (self.range_size / 4).clamp(1, 1 << 20)
+    }
+
     /// Bytes past what the reader has taken that the range tasks may take in.
     fn window(&self) -> u64 {
         self.range_size.max(1) * (self.ranges_in_flight.max(2) as u64 - 1)
@@ -77,8 +84,12 @@ pub(super) struct S3Download {
     /// Ranges handed to tasks and not yet read to their end, in order.
     ranges: VecDeque<Fetch>,
     current: Bytes,
+    /// The rest of the batch `current` came in.
+    batch: std::vec::IntoIter<Bytes>,
     /// Bytes taken from the ranges so far (`current` included): where the window starts.
     taken: u64,
+    /// The `taken` last told to the range tasks: told every `WINDOW_STEP`, and before waiting.
+    published: u64,
     /// The first byte not yet handed to a task.
     next: u64,
     window: watch::Sender<u64>,
@@ -87,7 +98,7 @@ pub(super) struct S3Download {
 
 struct Fetch {
     end: u64,
-    rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
+    rx: mpsc::UnboundedReceiver<io::Result<Vec<Bytes>>>,
     task: JoinHandle<()>,
 }
 
@@ -122,7 +133,9 @@ impl S3Download {
             object,
             ranges: VecDeque::new(),
             current: Bytes::new(),
+            batch: Vec::new().into_iter(),
             taken: 0,
+            published: 0,
             next: 0,
             window: watch::Sender::new(0),
             rt,
@@ -157,21 +170,53 @@ impl S3Download {
     }
 }
 
+impl S3Download {
+    /// Moves the window to `taken`, waking the range tasks waiting at its edge.
+    fn publish(&mut self) {
+        if self.published != self.taken {
+            self.published = self.taken;
+            self.window.send_replace(self.taken);
+        }
+    }
+}
+
 impl Read for S3Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if let Some(frame) = self.batch.next() {
+                self.taken += frame.len() as u64;
+                self.current = frame;
+                if self.taken >= self.published + self.object.tuning.window_step() {
+                    self.publish();
+                    self.spawn_ahead();
+                }
+                continue;
+            }
+            if self.ranges.is_empty() {
+                self.publish();
+                self.spawn_ahead();
+            }
             let Some(head) = self.ranges.front_mut() else {
                 return Ok(0);
             };
-            match head.rx.blocking_recv() {
-                Some(Ok(frame)) => {
-                    self.taken += frame.len() as u64;
-                    self.current = frame;
-                    self.window.send_replace(self.taken);
+            let next = match head.rx.try_recv() {
+                Ok(next) => Some(next),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // about to wait: every task may take in up to what has really been read
+                    self.publish();
                     self.spawn_ahead();
+                    match self.ranges.front_mut() {
+                        Some(head) => head.rx.blocking_recv(),
+                        None => return Ok(0),
+                    }
                 }
+            };
+            let end = self.ranges.front().map_or(0, |head| head.end);
+            match next {
+                Some(Ok(frames)) => self.batch = frames.into_iter(),
                 Some(Err(e)) => return Err(e),
-                None if self.taken == head.end => {
+                None if self.taken == end => {
                     self.ranges.pop_front();
                 }
                 // a task ends with its range's bytes or with an error: this one was stopped
@@ -278,7 +323,7 @@ async fn fetch(
     object: Arc<Object>,
     range: Range<u64>,
     mut body: Option<ByteStream>,
-    tx: mpsc::UnboundedSender<io::Result<Bytes>>,
+    tx: mpsc::UnboundedSender<io::Result<Vec<Bytes>>>,
     mut window: watch::Receiver<u64>,
 ) {
     let mut pos = range.start;
@@ -323,34 +368,69 @@ enum Pumped {
     Broken(String),
 }
 
-/// Forwards the body's frames to the reader, waiting while `pos` is beyond the window.
+/// Forwards the body's frames to the reader in batches of about `BATCH` bytes (one wake-up of
+/// the reader per batch, not per frame), waiting while `pos` is beyond the window. Every frame
+/// counted in `pos` is sent before this returns.
 async fn pump(
     object: &Object,
     body: &mut ByteStream,
     pos: &mut u64,
     end: u64,
-    tx: &mpsc::UnboundedSender<io::Result<Bytes>>,
+    tx: &mpsc::UnboundedSender<io::Result<Vec<Bytes>>>,
     window: &mut watch::Receiver<u64>,
 ) -> Pumped {
     let ahead = object.tuning.window();
-    loop {
-        if *pos < end && window.wait_for(|taken| *pos < taken + ahead).await.is_err() {
-            return Pumped::Done;
+    let mut batch = Batch::default();
+    let outcome = loop {
+        if *pos < end && *pos >= *window.borrow() + ahead {
+            if !batch.send(tx) {
+                return Pumped::Done;
+            }
+            if window.wait_for(|taken| *pos < taken + ahead).await.is_err() {
+                return Pumped::Done;
+            }
         }
         match body.next().await {
-            None if *pos == end => return Pumped::Done,
-            None => return Pumped::Broken("the stream ended early".into()),
+            None if *pos == end => break Pumped::Done,
+            None => break Pumped::Broken("the stream ended early".into()),
             Some(Ok(frame)) if frame.len() as u64 > end - *pos => {
-                return Pumped::Broken("the server sent more bytes than asked for".into())
+                break Pumped::Broken("the server sent more bytes than asked for".into())
             }
             Some(Ok(frame)) => {
                 *pos += frame.len() as u64;
-                if !frame.is_empty() && tx.send(Ok(frame)).is_err() {
+                batch.push(frame);
+                if (batch.bytes >= BATCH || *pos == end) && !batch.send(tx) {
                     return Pumped::Done;
                 }
             }
-            Some(Err(e)) => return Pumped::Broken(format!("the connection dropped ({})", causes(&e))),
+            Some(Err(e)) => break Pumped::Broken(format!("the connection dropped ({})", causes(&e))),
         }
+    };
+    if !batch.send(tx) {
+        return Pumped::Done;
+    }
+    outcome
+}
+
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Bytes) {
+        if !frame.is_empty() {
+            self.bytes += frame.len();
+            self.frames.push(frame);
+        }
+    }
+
+    /// Sends what is gathered; false when the reader is gone.
+    fn send(&mut self, tx: &mpsc::UnboundedSender<io::Result<Vec<Bytes>>>) -> bool {
+        self.bytes = 0;
+        let frames = std::mem::take(&mut self.frames);
+        frames.is_empty() || tx.send(Ok(frames)).is_ok()
     }
 }
 
