@@ -81,18 +81,12 @@ ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
 echo "S3 benchmark: $((SOURCE_BYTES / 1000000)) MB of Synapse data, s3s-fs at $ENDPOINT" >&2
 
-# ---- synapse-backup ----
+# ---- create: synapse-backup, then the reference (tar | gpg | aws s3 cp) ----
 find "$DATA" -type f -print0 | xargs -0 cat >/dev/null # a warm page cache for every contender
 run "synapse-backup create" "$BIN" "${OURS[@]}" --json create >"$WORK/create.json"
 OUR_CREATE=$SECS; OUR_CREATE_RSS=$RSS
 ID=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['backup-id'])" "$WORK/create.json")
 OBJECT_BYTES=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['size'])" "$WORK/create.json")
-# like the reference (and bench/run.sh), restore into empty places: a server that lost its data
-(cd "$DATA" && rm -rf $SOURCES)
-run "synapse-backup restore" "$BIN" "${OURS[@]}" restore "$ID" >/dev/null
-OUR_RESTORE=$SECS; OUR_RESTORE_RSS=$RSS
-
-# ---- the reference pipelines: tar | gpg | aws s3 cp ----
 TIME_EACH="/usr/bin/time -a -o $WORK/ref-rss -f %M"
 : >"$WORK/ref-rss"
 run "tar | gpg --symmetric | aws s3 cp -" bash -o pipefail -c "
@@ -100,6 +94,11 @@ run "tar | gpg --symmetric | aws s3 cp -" bash -o pipefail -c "
     | $TIME_EACH gpg --batch --quiet --symmetric --pinentry-mode loopback --passphrase-file '$PASSFILE' \
     | $TIME_EACH ${AWS[*]} s3 cp --only-show-errors - s3://bench/reference.tar.gpg"
 REF_CREATE=$SECS; REF_CREATE_RSS=$(sort -n "$WORK/ref-rss" | tail -1)
+
+# ---- restore: both into empty places (a server that lost its data), right after the same deletion
+# (ext4 is slower to hand out inodes for ~30 s after many were freed, for either side) ----
+(cd "$DATA" && rm -rf $SOURCES)
+sync
 RESTORE_TO=$WORK/reference-restore; mkdir "$RESTORE_TO"
 : >"$WORK/ref-rss"
 run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
@@ -107,6 +106,8 @@ run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
     | $TIME_EACH gpg --batch --quiet --decrypt --pinentry-mode loopback --passphrase-file '$PASSFILE' \
     | $TIME_EACH tar -x -C '$RESTORE_TO'"
 REF_RESTORE=$SECS; REF_RESTORE_RSS=$(sort -n "$WORK/ref-rss" | tail -1)
+run "synapse-backup restore" "$BIN" "${OURS[@]}" restore "$ID" >/dev/null
+OUR_RESTORE=$SECS; OUR_RESTORE_RSS=$RSS
 rm -rf "$RESTORE_TO"
 
 # ---- the limit: a bare SigV4 PUT and GET of an object of the same size ----

@@ -759,8 +759,12 @@ fn an_https_endpoint_is_trusted_through_tls_ca_chain() {
         bag.insert("tls-ca-chain".into(), chain);
         let trusted = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
         trusted.check().unwrap();
+        // two parts, sent with unsigned payloads over TLS
         put(&trusted, &id(60), &noise(9 << 20, 6));
         assert_eq!(trusted.list().unwrap().len(), 1);
+        let mut back = Vec::new();
+        trusted.get(&id(60)).unwrap().read_to_end(&mut back).unwrap();
+        assert!(back == noise(9 << 20, 6), "the object read back over TLS differs");
     }
 
     // the CLI takes the CA as a PEM file

@@ -43,6 +43,9 @@ pub(crate) struct Target {
     client: Client,
     bucket: String,
     endpoint: String,
+    /// HTTPS: TLS protects part bodies in transit, so they are sent with an unsigned payload (as
+    /// botocore does) rather than hashed with SHA-256 on both ends; over plain HTTP they are signed.
+    tls: bool,
 }
 
 pub struct S3Store {
@@ -78,6 +81,7 @@ impl S3Store {
             client,
             bucket: params.bucket.clone(),
             endpoint,
+            tls: params.is_https(),
         });
         Ok(S3Store {
             params,

@@ -101,7 +101,7 @@ impl S3Upload {
                 bucket: &target.bucket,
                 endpoint: &target.endpoint,
             };
-            let out = target
+            let request = target
                 .client
                 .upload_part()
                 .bucket(&target.bucket)
@@ -110,9 +110,13 @@ impl S3Upload {
                 .part_number(part_number)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|e| store_error(cx, e))?;
+                .customize();
+            let request = if target.tls {
+                request.disable_payload_signing()
+            } else {
+                request
+            };
+            let out = request.send().await.map_err(|e| store_error(cx, e))?;
             Ok(CompletedPart::builder()
                 .part_number(part_number)
                 .set_e_tag(out.e_tag)
