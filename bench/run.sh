@@ -54,9 +54,11 @@ id=$(ls "$out/store" | grep '^backup-' | head -1)
 mkdir -p "$out/ref-restore"
 # Like the reference, ours restores into empty places (a server that lost its data; deleting the
 # data a restore replaces is extra work, done after Synapse is started again). Deleted before both
-# restores: ext4 is slower to hand out inodes right after many were freed, for either side.
+# restores, then a pause: for ~30 s after inodes are freed ext4 skips them, scanning its bitmaps
+# for every new file (it doubled restore times here), which would measure this script, not the tools.
 rm -rf "${paths[@]}"
 sync
+sleep 35
 measure ref_restore bash -c "gpg ${gpg_opts[*]} -d $out/ref.gpg | tar -x -C $out/ref-restore"
 measure ours_restore "$bin" --quiet --synapse-config "$config" --store "$out/store" restore "$id"
 

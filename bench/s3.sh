@@ -95,10 +95,12 @@ run "tar | gpg --symmetric | aws s3 cp -" bash -o pipefail -c "
     | $TIME_EACH ${AWS[*]} s3 cp --only-show-errors - s3://bench/reference.tar.gpg"
 REF_CREATE=$SECS; REF_CREATE_RSS=$(sort -n "$WORK/ref-rss" | tail -1)
 
-# ---- restore: both into empty places (a server that lost its data), right after the same deletion
-# (ext4 is slower to hand out inodes for ~30 s after many were freed, for either side) ----
+# ---- restore: both into empty places (a server that lost its data), after the same deletion and a
+# pause: for ~30 s after inodes are freed ext4 skips them, scanning its bitmaps for every new file,
+# which would measure this script, not the tools ----
 (cd "$DATA" && rm -rf $SOURCES)
 sync
+sleep 35
 RESTORE_TO=$WORK/reference-restore; mkdir "$RESTORE_TO"
 : >"$WORK/ref-rss"
 run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
