@@ -24,6 +24,20 @@ pub use manifest::Header;
 pub use reader::{read, Entry, EntryKind, ReadSummary, Visitor};
 pub use writer::{write, Plan, Source, Written};
 
+/// Reads until `buf` is full or the input ends; how much was read.
+pub(crate) fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Archive format version, in the manifest and the object's metadata.
 pub const FORMAT: u32 = 1;
 

@@ -196,8 +196,8 @@ impl<'a> Producer<'a> {
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&md, HeaderMode::Complete);
         header.set_size(size);
-        let peeked =
-            read_full(&mut file, &mut self.peek[..(size.min(PEEK as u64) as usize)]).map_err(|e| read_err(path, e))?;
+        let peeked = super::read_full(&mut file, &mut self.peek[..(size.min(PEEK as u64) as usize)])
+            .map_err(|e| read_err(path, e))?;
         if size >= SWITCH_MIN {
             let level = if looks_compressed(&self.peek[..peeked]) {
                 Level::Store
@@ -309,19 +309,6 @@ impl<'a> Producer<'a> {
         let name = format!("{}/{file}", self.manifest_dir);
         self.tar.append_data(&mut header, name, &body[..]).map_err(write_err)
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn read_err(path: &Path, e: io::Error) -> ArchiveError {

@@ -5,6 +5,8 @@
 
 use std::io::{self, Read};
 
+use crate::archive::read_full;
+
 /// How a packet's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Length {
@@ -123,19 +125,6 @@ impl<R: Read> Read for Body<R> {
 
 fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
-}
-
-fn read_full<R: Read>(src: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// `read_exact`, with an error that says the packet header was cut short.
