@@ -223,16 +223,11 @@ fn a_wrong_secret_key_is_told_apart_from_a_missing_bucket() {
     }
 }
 
-#[test]
-fn an_unreachable_endpoint_says_so() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+/// Settings for an endpoint on a local port that is not one of the test S3 servers.
+fn params_at(port: u16) -> S3Params {
     let bag = [
-        ("access-key", "AK"),
-        ("secret-key", "SK"),
+        ("access-key", "AKIATEST"),
+        ("secret-key", "secret"),
         ("bucket", BUCKET),
         ("endpoint", &format!("http://127.0.0.1:{port}")),
         ("s3-uri-style", "path"),
@@ -240,7 +235,17 @@ fn an_unreachable_endpoint_says_so() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let store = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
+    S3Params::from_map(&bag).unwrap()
+}
+
+#[test]
+fn an_unreachable_endpoint_says_so() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = S3Store::new(params_at(port)).unwrap();
     let e = store.check().unwrap_err();
     assert!(matches!(e, StoreError::Unreachable(_)), "{e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
@@ -680,19 +685,9 @@ fn truncating_server(have: Vec<u8>, promised: usize) -> u16 {
 fn an_object_cut_short_is_an_error_not_an_early_end() {
     let have = noise(300_000, 15);
     let port = truncating_server(have.clone(), 1 << 20);
-    let bag = [
-        ("access-key", "AKIATEST"),
-        ("secret-key", "secret"),
-        ("bucket", BUCKET),
-        ("endpoint", &format!("http://127.0.0.1:{port}")),
-        ("s3-uri-style", "path"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
     // one GET for the whole object, and 64 KiB ranges where the fifth is cut short
     for range_size in [8 << 20, 64 << 10] {
-        let store = S3Store::new(S3Params::from_map(&bag).unwrap())
+        let store = S3Store::new(params_at(port))
             .unwrap()
             .with_download_tuning(DownloadTuning {
                 range_size,

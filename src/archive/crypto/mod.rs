@@ -175,7 +175,8 @@ fn literal<'a>(
             let mut name_and_date = vec![0u8; usize::from(format_and_name[1]) + 4];
             framing::exact(&mut body, &mut name_and_date).map_err(stream_error)?;
             Ok(Box::new(Literal {
-                body: Some(body),
+                data: Some(body),
+                finish: nothing_after,
                 outcome,
             }))
         }
@@ -184,33 +185,50 @@ fn literal<'a>(
     }
 }
 
-/// Our literal packet's data; at its end, reads the plaintext to its end, where the MDC is
-/// checked, and fails unless it matched.
-struct Literal<'a> {
-    body: Option<Body<Box<dyn Read + Send + Sync + 'a>>>,
+/// Literal data; at its end, `finish` reads what follows to the end of the plaintext (where the
+/// MDC is checked), and the read fails unless the MDC matched.
+struct Literal<R> {
+    data: Option<R>,
+    finish: fn(R) -> io::Result<()>,
     outcome: Arc<Mutex<Integrity>>,
 }
 
-impl Read for Literal<'_> {
+impl<R: Read> Read for Literal<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(body) = self.body.as_mut() else {
+        let Some(data) = self.data.as_mut() else {
             return Ok(0);
         };
-        let n = body.read(buf)?;
+        let n = data.read(buf)?;
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        if let Some(body) = self.body.take() {
-            let mut rest = body.skip()?;
-            let mut probe = [0u8; 64];
-            if rest.read(&mut probe)? > 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "unexpected data after the backup inside the encrypted packet",
-                ));
-            }
+        if let Some(data) = self.data.take() {
+            (self.finish)(data)?;
         }
         integrity(&self.outcome)
+    }
+}
+
+/// The end of our literal packet is the end of the plaintext.
+fn nothing_after<R: Read>(body: Body<R>) -> io::Result<()> {
+    let mut probe = [0u8; 64];
+    if body.skip()?.read(&mut probe)? > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected data after the backup inside the encrypted packet",
+        ));
+    }
+    Ok(())
+}
+
+/// Whatever packets follow GnuPG's literal packet, parsed to the end of the plaintext.
+fn rest_of_message(literal: PacketParser<'_>) -> io::Result<()> {
+    let mut next = literal.next().map_err(io::Error::other)?.1;
+    loop {
+        match next {
+            PacketParserResult::Some(pp) => next = pp.next().map_err(io::Error::other)?.1,
+            PacketParserResult::EOF(eof) => return io::copy(&mut eof.into_reader(), &mut io::sink()).map(drop),
+        }
     }
 }
 
@@ -236,8 +254,9 @@ fn literal_data<'a>(
         match next {
             PacketParserResult::Some(pp) => match pp.packet {
                 Packet::Literal(_) => {
-                    return Ok(Box::new(LiteralReader {
-                        literal: Some(pp),
+                    return Ok(Box::new(Literal {
+                        data: Some(pp),
+                        finish: rest_of_message,
                         outcome,
                     }))
                 }
@@ -253,38 +272,6 @@ fn literal_data<'a>(
                 return Err(ArchiveError::NotABackup("the encrypted message holds no data".into()))
             }
         }
-    }
-}
-
-/// The literal packet's data; at its end, reads what follows to the end of the encrypted packet
-/// and fails unless the MDC matched there.
-struct LiteralReader<'a> {
-    literal: Option<PacketParser<'a>>,
-    outcome: Arc<Mutex<Integrity>>,
-}
-
-impl Read for LiteralReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(literal) = self.literal.as_mut() else {
-            return Ok(0);
-        };
-        let n = literal.read(buf)?;
-        if n > 0 || buf.is_empty() {
-            return Ok(n);
-        }
-        if let Some(literal) = self.literal.take() {
-            let mut next = literal.next().map_err(io::Error::other)?.1;
-            loop {
-                match next {
-                    PacketParserResult::Some(pp) => next = pp.next().map_err(io::Error::other)?.1,
-                    PacketParserResult::EOF(eof) => {
-                        io::copy(&mut eof.into_reader(), &mut io::sink())?;
-                        break;
-                    }
-                }
-            }
-        }
-        integrity(&self.outcome)
     }
 }
 
