@@ -196,14 +196,17 @@ struct Literal<R> {
 impl<R: Read> Read for Literal<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(data) = self.data.as_mut() else {
-            return Ok(0);
+            return integrity(&self.outcome); // the end again, or the same failure
         };
         let n = data.read(buf)?;
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
         if let Some(data) = self.data.take() {
-            (self.finish)(data)?;
+            if let Err(e) = (self.finish)(data) {
+                *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Integrity::Failed(e.to_string());
+                return Err(e);
+            }
         }
         integrity(&self.outcome)
     }
@@ -525,5 +528,15 @@ mod tests {
             assert!(err.contains("truncated"), "cut to {len}: {err}");
         }
         assert!(open(b"not an OpenPGP message at all", PASS).is_err());
+
+        // a reader that failed its check never ends cleanly afterwards
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 1;
+        let mut r = decrypt(io::Cursor::new(bad), &Secret::new(PASS)).unwrap();
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        assert!(
+            r.read(&mut [0u8; 16]).is_err(),
+            "a second read after a failed MDC ended cleanly"
+        );
     }
 }

@@ -235,8 +235,6 @@ pub struct MdcReader<R, C: BlockCipher + BlockEncryptMut + Clone> {
     /// Decrypted octets still to drop at `start` (the two check octets, hashed already).
     skip: usize,
     eof: bool,
-    /// Why the MDC check failed: every later read fails with it too.
-    failure: Option<&'static str>,
     outcome: Arc<Mutex<Integrity>>,
 }
 
@@ -281,7 +279,6 @@ where
             end: 2,
             skip: 2,
             eof: false,
-            failure: None,
             outcome,
         })
     }
@@ -359,7 +356,6 @@ where
             }
             Err(why) => {
                 *outcome = Integrity::Failed(why.to_string());
-                self.failure = Some(why);
                 Err(io::Error::new(io::ErrorKind::InvalidData, why))
             }
         }
@@ -372,8 +368,11 @@ where
 {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
-            if let Some(why) = self.failure {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            if self.eof {
+                // a failed MDC check fails every later read too
+                if let Integrity::Failed(why) = &*self.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+                }
             }
             let ready = if self.eof {
                 self.end - self.start
