@@ -11,6 +11,7 @@
 
 pub mod compress;
 pub mod crypto;
+mod file_writer;
 pub mod manifest;
 pub mod pipe;
 pub mod reader;

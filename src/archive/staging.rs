@@ -13,11 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::file_writer::{FileMeta, FileWriter};
 use super::manifest::Roots;
 use super::{ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
 use crate::backup_id::BackupId;
@@ -50,8 +51,8 @@ pub struct Stager {
     notes: Vec<String>,
     as_root: bool,
     cleanup: bool,
-    /// one copy buffer for every file written
-    buf: Vec<u8>,
+    /// writes the files' data on a thread of its own
+    writer: Option<FileWriter>,
 }
 
 impl Stager {
@@ -69,7 +70,7 @@ impl Stager {
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
             cleanup: true,
-            buf: vec![0u8; 256 << 10],
+            writer: Some(FileWriter::start()?),
         })
     }
 
@@ -183,6 +184,9 @@ impl Stager {
     }
 
     pub fn finish(mut self) -> Result<Staged, ArchiveError> {
+        if let Some(writer) = self.writer.take() {
+            writer.finish()?;
+        }
         if self.staged.is_empty() {
             return Err(ArchiveError::Refused(
                 "the backup holds nothing this Synapse's config has a place for (no signing key, database or media)"
@@ -261,26 +265,25 @@ impl Stager {
     }
 
     fn write_file(&mut self, path: &Path, e: Entry<'_>) -> Result<(), ArchiveError> {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|err| write_err(path, err))?;
-        loop {
-            let n = match e.data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(ArchiveError::read(e.name, err)),
-            };
-            file.write_all(&self.buf[..n]).map_err(|err| write_err(path, err))?;
-        }
-        let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime));
-        drop(file);
-        self.own(path, e.uid, e.gid)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o777)).map_err(|err| write_err(path, err))
+        let meta = FileMeta {
+            mtime: e.mtime,
+            owner: self.as_root.then_some((e.uid as u32, e.gid as u32)),
+            mode: e.mode,
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(ArchiveError::io(
+                format!("cannot write {}", path.display()),
+                io::Error::other("the restore's files are already finished"),
+            ));
+        };
+        writer.write(file, path.to_path_buf(), e.data, e.size, e.name, meta)
     }
 }
 
@@ -394,6 +397,9 @@ impl Visitor for Stager {
 
 impl Drop for Stager {
     fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.finish(); // nothing may still be writing into what is removed below
+        }
         if self.cleanup {
             for dir in self.staging.values() {
                 let _ = fs::remove_dir_all(dir);

@@ -1,0 +1,389 @@
+//! Restored files are written by a thread of their own, so the unpacking thread reads, hashes and
+//! checks entries while this one writes what came before.
+//!
+//! Files are still created (`O_EXCL`, never through a link) by the caller, in archive order, so every
+//! check on paths stays where it was; this thread only writes their data and then sets each file's
+//! times, owner and mode through its descriptor. The first failure stops the writing: the caller
+//! sees it on its next hand-over, or at [`FileWriter::finish`].
+//!
+//! Large files are written with direct I/O (`O_DIRECT`), from the reused, aligned hand-over buffers
+//! straight to the disk. Everything staged must be on disk before the swap anyway (the stager ends
+//! with a `syncfs`), so going around the page cache costs nothing there; it saves copying every
+//! byte into freshly allocated cache pages (on this project's test machines that copy ran at
+//! ~230 MB/s against ~1 GB/s direct), and a restore of many gigabytes does not evict the running
+//! server's cache. Where a filesystem refuses direct I/O, writes fall back to the page cache.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use super::ArchiveError;
+
+/// Bytes handed over at a time, and how many hand-overs may wait: ~4 MiB in flight. Large requests
+/// keep direct I/O near the disk's speed.
+const BUF_SIZE: usize = 1 << 20;
+const QUEUE: usize = 4;
+/// What direct I/O needs of buffer addresses, file offsets and lengths (any device's logical block
+/// size up to 4 KiB).
+const ALIGN: usize = 4096;
+/// Files smaller than this go through the page cache: one direct write is a round trip to the disk.
+const DIRECT_FROM: u64 = 128 << 10;
+
+/// What a finished file gets once its data is written.
+pub struct FileMeta {
+    pub mtime: u64,
+    /// Owner to set (only when running as root).
+    pub owner: Option<(u32, u32)>,
+    pub mode: u32,
+}
+
+enum Job {
+    Start {
+        file: File,
+        path: PathBuf,
+        size: u64,
+    },
+    /// a buffer and how much of it to write
+    Data(Buffer, usize),
+    Finish(FileMeta),
+}
+
+/// `BUF_SIZE` bytes at an `ALIGN`ed address, inside a slightly larger allocation.
+struct Buffer {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        let bytes = vec![0; BUF_SIZE + ALIGN];
+        // (never more than ALIGN for bytes; were it unaligned, direct writes would fall back)
+        let start = bytes.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Buffer { bytes, start }
+    }
+
+    fn window(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + BUF_SIZE]
+    }
+
+    fn filled(&self, n: usize) -> &[u8] {
+        &self.bytes[self.start..self.start + n]
+    }
+}
+
+pub struct FileWriter {
+    jobs: Option<SyncSender<Job>>,
+    spare: Receiver<Buffer>,
+    failed: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), ArchiveError>>>,
+}
+
+impl FileWriter {
+    pub fn start() -> Result<Self, ArchiveError> {
+        let (jobs, queue) = sync_channel(QUEUE);
+        let (give_back, spare) = channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("restore-writes".into())
+            .spawn(move || {
+                let result = write_all_jobs(&queue, &give_back);
+                if result.is_err() {
+                    flag.store(true, Ordering::Release);
+                }
+                result
+            })
+            .map_err(|e| ArchiveError::io("cannot start the thread that writes restored files", e))?;
+        Ok(FileWriter {
+            jobs: Some(jobs),
+            spare,
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    /// Copies `data` (`size` bytes, as the archive says) into `file` (already created at `path`),
+    /// then sets `meta` on it.
+    pub fn write(
+        &mut self,
+        file: File,
+        path: PathBuf,
+        data: &mut dyn Read,
+        size: u64,
+        entry: &str,
+        meta: FileMeta,
+    ) -> Result<(), ArchiveError> {
+        self.send(Job::Start { file, path, size })?;
+        loop {
+            let mut buf = self.spare.try_recv().unwrap_or_else(|_| Buffer::new());
+            let n = fill(data, buf.window()).map_err(|e| ArchiveError::read(entry, e))?;
+            if n == 0 {
+                break;
+            }
+            self.send(Job::Data(buf, n))?;
+            if n < BUF_SIZE {
+                break;
+            }
+        }
+        self.send(Job::Finish(meta))
+    }
+
+    /// Waits until everything handed over is written; the first failure, if any.
+    pub fn finish(mut self) -> Result<(), ArchiveError> {
+        self.stop()
+    }
+
+    fn send(&mut self, job: Job) -> Result<(), ArchiveError> {
+        if self.failed.load(Ordering::Acquire) {
+            return self.stop();
+        }
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
+        match sent {
+            Some(true) => Ok(()),
+            _ => self.stop(),
+        }
+    }
+
+    fn stop(&mut self) -> Result<(), ArchiveError> {
+        drop(self.jobs.take());
+        match self.thread.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ArchiveError::io(
+                "writing the restored files",
+                io::Error::other("the writing thread panicked"),
+            )),
+        }
+        .and_then(|()| {
+            if self.failed.load(Ordering::Acquire) {
+                // stopped earlier by a failure already returned
+                Err(ArchiveError::io(
+                    "writing the restored files",
+                    io::Error::other("stopped by an earlier failure"),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+struct Current {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+}
+
+fn write_all_jobs(queue: &Receiver<Job>, give_back: &Sender<Buffer>) -> Result<(), ArchiveError> {
+    let mut current: Option<Current> = None;
+    for job in queue {
+        match job {
+            Job::Start { file, path, size } => {
+                let direct = size >= DIRECT_FROM && set_direct(&file, true).is_ok();
+                current = Some(Current { file, path, direct });
+            }
+            Job::Data(buf, n) => {
+                if let Some(c) = &mut current {
+                    write_chunk(&mut c.file, buf.filled(n), &mut c.direct).map_err(|e| write_err(&c.path, e))?;
+                }
+                let _ = give_back.send(buf);
+            }
+            Job::Finish(meta) => {
+                if let Some(c) = current.take() {
+                    finish_file(&c.file, &meta).map_err(|e| write_err(&c.path, e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` at the file's offset: its aligned part directly when `direct` is on, the rest (a
+/// file's last few bytes, or everything once direct I/O was refused) through the page cache.
+fn write_chunk(file: &mut File, data: &[u8], direct: &mut bool) -> io::Result<()> {
+    let mut done = 0;
+    if *direct {
+        let aligned = data.len() / ALIGN * ALIGN;
+        while done < aligned && done % ALIGN == 0 {
+            match file.write(&data[done..aligned]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => done += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // this filesystem or device takes no direct write like this one: cached from here
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if done < data.len() {
+            set_direct(file, false)?;
+            *direct = false;
+        }
+    }
+    file.write_all(&data[done..])
+}
+
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let flags = fcntl_getfl(file)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    fcntl_setfl(file, flags)?;
+    Ok(())
+}
+
+/// Times first (writing changed them), then owner, then mode (a change of owner clears set-id bits).
+fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
+    let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime));
+    if let Some((uid, gid)) = meta.owner {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o777))
+}
+
+/// Reads until `buf` is full or `r` ends.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn write_err(path: &std::path::Path, e: io::Error) -> ArchiveError {
+    ArchiveError::io(format!("cannot write {}", path.display()), e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn meta(mode: u32) -> FileMeta {
+        FileMeta {
+            mtime: 1_700_000_000,
+            owner: None,
+            mode,
+        }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn files_of_every_size_around_the_alignment_and_buffer_edges_come_out_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            DIRECT_FROM as usize - 1,
+            DIRECT_FROM as usize,
+            DIRECT_FROM as usize + 1,
+            BUF_SIZE - 1,
+            BUF_SIZE,
+            BUF_SIZE + 1,
+            3 * BUF_SIZE + ALIGN + 123,
+        ];
+        let mut writer = FileWriter::start().unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            let file = File::create(&path).unwrap();
+            let data = pattern(*size);
+            writer
+                .write(file, path, &mut &data[..], *size as u64, "f", meta(0o640))
+                .unwrap();
+        }
+        writer.finish().unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            assert!(std::fs::read(&path).unwrap() == pattern(*size), "size {size}");
+            let md = std::fs::metadata(&path).unwrap();
+            assert_eq!(md.permissions().mode() & 0o777, 0o640, "size {size}");
+            assert_eq!(md.mtime(), 1_700_000_000, "size {size}");
+        }
+    }
+
+    #[test]
+    fn a_broken_stream_is_reported_for_its_entry() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("cut"))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut writer = FileWriter::start().unwrap();
+        let e = writer
+            .write(
+                File::create(&path).unwrap(),
+                path,
+                &mut Broken,
+                10,
+                "media/x",
+                meta(0o600),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("media/x") && e.to_string().contains("cut"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_stops_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        let mut writer = FileWriter::start().unwrap();
+        let data = pattern(300 << 10);
+        // a descriptor open for reading only: every write fails
+        let first = writer.write(
+            File::open(&path).unwrap(),
+            path.clone(),
+            &mut &data[..],
+            300 << 10,
+            "a",
+            meta(0o600),
+        );
+        let mut later = Ok(());
+        for _ in 0..20 {
+            later = later.and_then(|()| {
+                let p = dir.path().join("later");
+                let _ = std::fs::remove_file(&p);
+                writer.write(
+                    File::create(&p).unwrap(),
+                    p,
+                    &mut &data[..],
+                    300 << 10,
+                    "b",
+                    meta(0o600),
+                )
+            });
+        }
+        let e = first.and(later).and_then(|()| writer.finish()).unwrap_err();
+        assert!(e.to_string().contains("read-only"), "{e}");
+    }
+}
