@@ -48,19 +48,25 @@ warm() { find "$tree" -type f -print0 | xargs -0 cat >/dev/null; }
 
 rm -rf "$out/store" "$out/ref.gpg" "$out/ref-restore"
 warm
+sync
 measure ours_create "$bin" --quiet --synapse-config "$config" --store "$out/store" create
+sync
 measure ref_create bash -c "cd / && tar -c ${paths[*]} 2>/dev/null | gpg ${gpg_opts[*]} --symmetric -o $out/ref.gpg"
 id=$(ls "$out/store" | grep '^backup-' | head -1)
-mkdir -p "$out/ref-restore"
-# Like the reference, ours restores into empty places (a server that lost its data; deleting the
-# data a restore replaces is extra work, done after Synapse is started again). Deleted before both
-# restores, then a pause: for ~30 s after inodes are freed ext4 skips them, scanning its bitmaps
-# for every new file (it doubled restore times here), which would measure this script, not the tools.
-rm -rf "${paths[@]}"
+# Both restore into empty directories (a server that lost its data; deleting the data a restore
+# replaces is extra work, done after Synapse is started again). Nothing is deleted just before:
+# ext4 without a journal (this machine's root) will not reuse an inode freed in the last minute
+# (five, while its inode-table block is dirty) and scans past each one for every new file, which
+# doubled restore times here and would measure this script, not the tools. A `sync` before each
+# restore: ours ends with a syncfs, which must not write what the other left behind.
+rm -rf "$out/ours-restore"
+mkdir -p "$out/ref-restore" "$out/ours-restore"
+sed "s#$tree/#$out/ours-restore/#g" "$config" > "$out/ours-restore.yaml"
 sync
-sleep 35
 measure ref_restore bash -c "gpg ${gpg_opts[*]} -d $out/ref.gpg | tar -x -C $out/ref-restore"
-measure ours_restore "$bin" --quiet --synapse-config "$config" --store "$out/store" restore "$id"
+sync
+measure ours_restore "$bin" --quiet --synapse-config "$out/ours-restore.yaml" --store "$out/store" restore "$id"
+[ -f "$out/ours-restore/homeserver.db" ] || { echo "our restore did not land in $out/ours-restore" >&2; exit 1; }
 
 mbps() { python3 -c "print(f'{$bytes/1e6/$1:7.1f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:5.2f}x')"; }
@@ -73,4 +79,4 @@ printf '%-34s %8s %9s %9s MiB\n' "tar -c | gpg --symmetric" "$secs_ref_create" "
 printf '%-34s %8s %9s %9s MiB\n' "synapse-backup restore" "$secs_ours_restore" "$(mbps "$secs_ours_restore")" $((rss_ours_restore/1024))
 printf '%-34s %8s %9s %9s MiB\n' "gpg -d | tar -x" "$secs_ref_restore" "$(mbps "$secs_ref_restore")" $((rss_ref_restore/1024))
 printf 'create: %s the reference pipeline; restore: %s\n' "$(ratio "$secs_ref_create" "$secs_ours_create")" "$(ratio "$secs_ref_restore" "$secs_ours_restore")"
-rm -rf "$out/ref-restore" "$out/ref.gpg"
+rm -rf "$out/ref-restore" "$out/ours-restore" "$out/ours-restore.yaml" "$out/ref.gpg"
