@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime};
 
 use super::ArchiveError;
 
-/// Bytes handed over at a time, and how many hand-overs may wait: ~4 MiB in flight. Large requests
+/// Bytes handed over at a time, and how many hand-overs may wait: ~2 MiB in flight. Large requests
 /// keep direct I/O near the disk's speed.
-const BUF_SIZE: usize = 1 << 20;
+const BUF_SIZE: usize = 512 << 10;
 const QUEUE: usize = 4;
 /// What direct I/O needs of buffer addresses, file offsets and lengths (any device's logical block
 /// size up to 4 KiB).
