@@ -62,7 +62,8 @@ struct Buffer {
 impl Buffer {
     fn new() -> Self {
         let bytes = vec![0; BUF_SIZE + ALIGN];
-        // (never more than ALIGN for bytes; were it unaligned, direct writes would fall back)
+        // align_offset may in principle decline (usize::MAX): the window then stays unaligned and
+        // direct writes of it fail with EINVAL, which falls back to the page cache
         let start = bytes.as_ptr().align_offset(ALIGN).min(ALIGN);
         Buffer { bytes, start }
     }
