@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::process::Stdio;
 
 use common::PASSPHRASE as PASS;
 use synapse_backup::archive::crypto::{decrypt, encrypt};
@@ -14,17 +13,7 @@ use synapse_backup::secret::Secret;
 
 /// gpg with `args`, `input` on its stdin; its stdout.
 fn gpg(home: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = common::gpg(home, PASS, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
+    let out = common::run_with_stdin(&mut common::gpg(home, PASS, args), input.to_vec());
     assert!(
         out.status.success(),
         "gpg {args:?}: {}",

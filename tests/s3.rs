@@ -555,17 +555,33 @@ fn a_download_resumes_after_the_connection_drops() {
     for kind in BOTH {
         let server = server_with_bucket(kind);
         let body = noise(12 << 20, 9);
-        put(&store(&server, BUCKET, ""), &id(50), &body);
-        let (relay, cut) = flaky_relay(server.port, 3 << 20);
-        let mut bag = server.databag(BUCKET, "");
-        bag.insert("endpoint".into(), format!("http://127.0.0.1:{relay}"));
-        let through_relay = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
-        let mut back = Vec::new();
-        through_relay.get(&id(50)).unwrap().read_to_end(&mut back).unwrap();
-        assert!(cut.load(Ordering::SeqCst), "{kind:?}: the relay never cut");
+        let (back, cut) = read_through_a_cut(&server, &id(50), &body, 3 << 20, None);
+        assert!(cut, "{kind:?}: the relay never cut");
         assert_eq!(back.len(), body.len(), "{kind:?}");
         assert!(back == body, "{kind:?}: the resumed download differs");
     }
+}
+
+/// Stores `body` as `id`, then reads it back through a relay that drops the connection after
+/// `cut_at` bytes (with `tuning`, or the default ranges): what came back, and whether it cut.
+fn read_through_a_cut(
+    server: &S3Server,
+    id: &BackupId,
+    body: &[u8],
+    cut_at: u64,
+    tuning: Option<DownloadTuning>,
+) -> (Vec<u8>, bool) {
+    put(&store(server, BUCKET, ""), id, body);
+    let (relay, cut) = flaky_relay(server.port, cut_at);
+    let mut bag = server.databag(BUCKET, "");
+    bag.insert("endpoint".into(), format!("http://127.0.0.1:{relay}"));
+    let mut through_relay = S3Store::new(S3Params::from_map(&bag).unwrap()).unwrap();
+    if let Some(tuning) = tuning {
+        through_relay = through_relay.with_download_tuning(tuning);
+    }
+    let mut back = Vec::new();
+    through_relay.get(id).unwrap().read_to_end(&mut back).unwrap();
+    (back, cut.load(Ordering::SeqCst))
 }
 
 /// Downloads in ranges of 256 KiB, four in flight, resuming after 10 ms.
@@ -603,20 +619,13 @@ fn a_connection_dropped_in_a_later_range_resumes_there() {
     for kind in BOTH {
         let server = server_with_bucket(kind);
         let body = noise(6 << 20, 12);
-        put(&store(&server, BUCKET, ""), &id(70), &body);
         // 1 MiB ranges with at most 3 MiB held ahead: by the 4.5th MiB the first range is long done
-        let (relay, cut) = flaky_relay(server.port, (9 << 20) / 2);
-        let mut bag = server.databag(BUCKET, "");
-        bag.insert("endpoint".into(), format!("http://127.0.0.1:{relay}"));
-        let through_relay = S3Store::new(S3Params::from_map(&bag).unwrap())
-            .unwrap()
-            .with_download_tuning(DownloadTuning {
-                range_size: 1 << 20,
-                ..small_ranges()
-            });
-        let mut back = Vec::new();
-        through_relay.get(&id(70)).unwrap().read_to_end(&mut back).unwrap();
-        assert!(cut.load(Ordering::SeqCst), "{kind:?}: the relay never cut");
+        let tuning = DownloadTuning {
+            range_size: 1 << 20,
+            ..small_ranges()
+        };
+        let (back, cut) = read_through_a_cut(&server, &id(70), &body, (9 << 20) / 2, Some(tuning));
+        assert!(cut, "{kind:?}: the relay never cut");
         assert_eq!(back.len(), body.len(), "{kind:?}");
         assert!(back == body, "{kind:?}: the resumed download differs");
     }

@@ -156,6 +156,25 @@ pub fn gpg(home: &Path, passphrase: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` with `input` on its stdin, fed from another thread (a large input would otherwise
+/// fill one pipe while the output fills the other); its output, whatever its status.
+pub fn run_with_stdin(cmd: &mut Command, input: Vec<u8>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not run: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&input)
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    out
+}
+
 /// Runs a shell pipeline (for stock-tool interoperability checks).
 pub fn sh(script: &str) -> Run {
     Command::new("bash")

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -182,21 +181,14 @@ print(key["AccessKeyId"], key["SecretAccessKey"])
              config=botocore.config.Config(s3={{'addressing_style': 'path'}}, max_pool_connections=16))\n",
             self.access_key, self.secret_key
         );
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .arg(self.endpoint())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let input = stdin.unwrap_or("").to_string();
-        let mut pipe = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
+        let out = crate::common::run_with_stdin(
+            Command::new("python3")
+                .arg("-c")
+                .arg(format!("{prelude}{script}"))
+                .arg(self.endpoint())
+                .args(args),
+            stdin.unwrap_or("").as_bytes().to_vec(),
+        );
         assert!(
             out.status.success(),
             "boto3 (installed with moto: {MOTO_INSTALL}): {}",
