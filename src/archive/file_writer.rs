@@ -16,9 +16,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -78,9 +76,10 @@ impl Buffer {
 }
 
 pub struct FileWriter {
+    /// None once finished
     jobs: Option<SyncSender<Job>>,
     spare: Receiver<Buffer>,
-    failed: Arc<AtomicBool>,
+    /// None once joined
     thread: Option<JoinHandle<Result<(), ArchiveError>>>,
 }
 
@@ -88,22 +87,14 @@ impl FileWriter {
     pub fn start() -> Result<Self, ArchiveError> {
         let (jobs, queue) = sync_channel(QUEUE);
         let (give_back, spare) = channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
+        // the thread drops `queue` when it stops, so a failure makes the next hand-over fail
         let thread = std::thread::Builder::new()
             .name("restore-writes".into())
-            .spawn(move || {
-                let result = write_all_jobs(&queue, &give_back);
-                if result.is_err() {
-                    flag.store(true, Ordering::Release);
-                }
-                result
-            })
+            .spawn(move || write_all_jobs(queue, &give_back))
             .map_err(|e| ArchiveError::io("cannot start the thread that writes restored files", e))?;
         Ok(FileWriter {
             jobs: Some(jobs),
             spare,
-            failed,
             thread: Some(thread),
         })
     }
@@ -122,7 +113,7 @@ impl FileWriter {
         self.send(Job::Start { file, path, size })?;
         loop {
             let mut buf = self.spare.try_recv().unwrap_or_else(|_| Buffer::new());
-            let n = fill(data, buf.window()).map_err(|e| ArchiveError::read(entry, e))?;
+            let n = super::read_full(data, buf.window()).map_err(|e| ArchiveError::read(entry, e))?;
             if n == 0 {
                 break;
             }
@@ -134,49 +125,42 @@ impl FileWriter {
         self.send(Job::Finish(meta))
     }
 
-    /// Waits until everything handed over is written; the first failure, if any.
-    pub fn finish(mut self) -> Result<(), ArchiveError> {
-        self.stop()
-    }
-
-    fn send(&mut self, job: Job) -> Result<(), ArchiveError> {
-        if self.failed.load(Ordering::Acquire) {
-            return self.stop();
-        }
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
-        match sent {
-            Some(true) => Ok(()),
-            _ => self.stop(),
-        }
-    }
-
-    fn stop(&mut self) -> Result<(), ArchiveError> {
+    /// Waits until everything handed over is written; the first failure, if any. Once finished,
+    /// nothing more can be written, and finishing again is Ok (the outcome was told the first time).
+    pub fn finish(&mut self) -> Result<(), ArchiveError> {
         drop(self.jobs.take());
         match self.thread.take().map(JoinHandle::join) {
-            None => Ok(()),
-            Some(Ok(result)) => result,
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
             Some(Err(_)) => Err(ArchiveError::io(
                 "writing the restored files",
                 io::Error::other("the writing thread panicked"),
             )),
         }
-        .and_then(|()| {
-            if self.failed.load(Ordering::Acquire) {
-                // stopped earlier by a failure already returned
-                Err(ArchiveError::io(
-                    "writing the restored files",
-                    io::Error::other("stopped by an earlier failure"),
-                ))
-            } else {
-                Ok(())
-            }
-        })
+    }
+
+    /// Hands `job` over; when the thread has stopped on a failure, that failure.
+    fn send(&mut self, job: Job) -> Result<(), ArchiveError> {
+        let Some(jobs) = &self.jobs else {
+            return Err(ArchiveError::io(
+                "writing the restored files",
+                io::Error::other("the writing already ended"),
+            ));
+        };
+        if jobs.send(job).is_ok() {
+            return Ok(());
+        }
+        self.finish()?;
+        Err(ArchiveError::io(
+            "writing the restored files",
+            io::Error::other("the writing thread stopped"),
+        ))
     }
 }
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.finish();
     }
 }
 
@@ -186,7 +170,7 @@ struct Current {
     direct: bool,
 }
 
-fn write_all_jobs(queue: &Receiver<Job>, give_back: &Sender<Buffer>) -> Result<(), ArchiveError> {
+fn write_all_jobs(queue: Receiver<Job>, give_back: &Sender<Buffer>) -> Result<(), ArchiveError> {
     let mut current: Option<Current> = None;
     for job in queue {
         match job {
@@ -196,13 +180,14 @@ fn write_all_jobs(queue: &Receiver<Job>, give_back: &Sender<Buffer>) -> Result<(
             }
             Job::Data(buf, n) => {
                 if let Some(c) = &mut current {
-                    write_chunk(&mut c.file, buf.filled(n), &mut c.direct).map_err(|e| write_err(&c.path, e))?;
+                    write_chunk(&mut c.file, buf.filled(n), &mut c.direct)
+                        .map_err(|e| ArchiveError::write(&c.path, e))?;
                 }
                 let _ = give_back.send(buf);
             }
             Job::Finish(meta) => {
                 if let Some(c) = current.take() {
-                    finish_file(&c.file, &meta).map_err(|e| write_err(&c.path, e))?;
+                    finish_file(&c.file, &meta).map_err(|e| ArchiveError::write(&c.path, e))?;
                 }
             }
         }
@@ -254,24 +239,6 @@ fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
     }
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o777))
-}
-
-/// Reads until `buf` is full or `r` ends.
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn write_err(path: &std::path::Path, e: io::Error) -> ArchiveError {
-    ArchiveError::io(format!("cannot write {}", path.display()), e)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub use reader::{read, Entry, EntryKind, ReadSummary, Visitor};
 pub use writer::{write, Plan, Source, Written};
 
 /// Reads until `buf` is full or the input ends; how much was read.
-pub(crate) fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(r: &mut (impl std::io::Read + ?Sized), buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -76,6 +76,11 @@ impl ArchiveError {
             context: context.into(),
             source,
         }
+    }
+
+    /// A failure writing (or making) `path` on this machine.
+    pub fn write(path: &std::path::Path, source: std::io::Error) -> Self {
+        ArchiveError::io(format!("cannot write {}", path.display()), source)
     }
 
     /// A failure reading an entry's data: the stream below it broke.

@@ -52,7 +52,7 @@ pub struct Stager {
     as_root: bool,
     cleanup: bool,
     /// writes the files' data on a thread of its own
-    writer: Option<FileWriter>,
+    writer: FileWriter,
 }
 
 impl Stager {
@@ -70,7 +70,7 @@ impl Stager {
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
             cleanup: true,
-            writer: Some(FileWriter::start()?),
+            writer: FileWriter::start()?,
         })
     }
 
@@ -95,15 +95,16 @@ impl Stager {
         if let Some(dir) = self.staging.get(&parent) {
             return Ok(dir.clone());
         }
-        fs::create_dir_all(&parent).map_err(|e| write_err(&parent, e))?;
+        fs::create_dir_all(&parent).map_err(|e| ArchiveError::write(&parent, e))?;
         let dir = parent.join(format!(".synapse-backup-restore-{}", self.id));
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| write_err(&dir, e))?; // left by a crashed restore
+            // left by a crashed restore
+            fs::remove_dir_all(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
         }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| write_err(&dir, e))?;
+            .map_err(|e| ArchiveError::write(&dir, e))?;
         self.staging.insert(parent, dir.clone());
         Ok(dir)
     }
@@ -122,7 +123,7 @@ impl Stager {
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&staged)
-                .map_err(|e| write_err(&staged, e))?;
+                .map_err(|e| ArchiveError::write(&staged, e))?;
         }
         self.staged.insert(role, (target, staged.clone()));
         Ok(Some(staged))
@@ -184,9 +185,7 @@ impl Stager {
     }
 
     pub fn finish(mut self) -> Result<Staged, ArchiveError> {
-        if let Some(writer) = self.writer.take() {
-            writer.finish()?;
-        }
+        self.writer.finish()?;
         if self.staged.is_empty() {
             return Err(ArchiveError::Refused(
                 "the backup holds nothing this Synapse's config has a place for (no signing key, database or media)"
@@ -222,7 +221,7 @@ impl Stager {
         for (path, mode, uid, gid, mtime) in std::mem::take(&mut self.dirs) {
             self.own(&path, uid, gid)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777 & !0o6000))
-                .map_err(|e| write_err(&path, e))?;
+                .map_err(|e| ArchiveError::write(&path, e))?;
             if let Ok(dir) = File::open(&path) {
                 let _ = dir.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
             }
@@ -246,7 +245,7 @@ impl Stager {
         // far cheaper than an fsync per file).
         for dir in self.staging.values() {
             let synced = File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from));
-            synced.map_err(|e| write_err(dir, e))?;
+            synced.map_err(|e| ArchiveError::write(dir, e))?;
         }
         self.cleanup = false;
         Ok(Staged {
@@ -259,7 +258,8 @@ impl Stager {
 
     fn own(&self, path: &Path, uid: u64, gid: u64) -> Result<(), ArchiveError> {
         if self.as_root {
-            std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32)).map_err(|e| write_err(path, e))?;
+            std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
+                .map_err(|e| ArchiveError::write(path, e))?;
         }
         Ok(())
     }
@@ -271,19 +271,14 @@ impl Stager {
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
-            .map_err(|err| write_err(path, err))?;
+            .map_err(|err| ArchiveError::write(path, err))?;
         let meta = FileMeta {
             mtime: e.mtime,
             owner: self.as_root.then_some((e.uid as u32, e.gid as u32)),
             mode: e.mode,
         };
-        let Some(writer) = self.writer.as_mut() else {
-            return Err(ArchiveError::io(
-                format!("cannot write {}", path.display()),
-                io::Error::other("the restore's files are already finished"),
-            ));
-        };
-        writer.write(file, path.to_path_buf(), e.data, e.size, e.name, meta)
+        self.writer
+            .write(file, path.to_path_buf(), e.data, e.size, e.name, meta)
     }
 }
 
@@ -346,7 +341,7 @@ impl Visitor for Stager {
                         Err(_) => fs::DirBuilder::new()
                             .mode(0o700)
                             .create(&path)
-                            .map_err(|err| write_err(&path, err))?,
+                            .map_err(|err| ArchiveError::write(&path, err))?,
                     }
                 }
                 self.dirs.push((path, e.mode, e.uid, e.gid, e.mtime));
@@ -358,7 +353,7 @@ impl Visitor for Stager {
                 }
                 if path.symlink_metadata().is_ok() {
                     // a later copy of the same name replaces the earlier one, as tar does
-                    fs::remove_file(&path).map_err(|err| write_err(&path, err))?;
+                    fs::remove_file(&path).map_err(|err| ArchiveError::write(&path, err))?;
                 }
                 self.write_file(&path, e)
             }
@@ -369,7 +364,7 @@ impl Visitor for Stager {
                         format!("a link pointing out of the tree (to {target:?})"),
                     ));
                 }
-                std::os::unix::fs::symlink(target, &path).map_err(|err| write_err(&path, err))?;
+                std::os::unix::fs::symlink(target, &path).map_err(|err| ArchiveError::write(&path, err))?;
                 self.own(&path, e.uid, e.gid)
             }
             EntryKind::HardLink(target) => {
@@ -384,7 +379,9 @@ impl Visitor for Stager {
                 };
                 let source = if trest.is_empty() { troot } else { troot.join(trest) };
                 match fs::symlink_metadata(&source) {
-                    Ok(md) if md.is_file() => fs::hard_link(&source, &path).map_err(|err| write_err(&path, err)),
+                    Ok(md) if md.is_file() => {
+                        fs::hard_link(&source, &path).map_err(|err| ArchiveError::write(&path, err))
+                    }
                     _ => Err(ArchiveError::hostile(
                         e.name,
                         format!("a hard link to {target:?}, which is not a file restored before it"),
@@ -397,9 +394,7 @@ impl Visitor for Stager {
 
 impl Drop for Stager {
     fn drop(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.finish(); // nothing may still be writing into what is removed below
-        }
+        let _ = self.writer.finish(); // nothing may still be writing into what is removed below
         if self.cleanup {
             for dir in self.staging.values() {
                 let _ = fs::remove_dir_all(dir);
@@ -465,7 +460,7 @@ impl Staged {
         for (role, (live, staged)) in &self.staged {
             let staging = staged.parent().unwrap_or(Path::new("/"));
             let aside_dir = staging.join("previous");
-            fs::create_dir_all(&aside_dir).map_err(|e| write_err(&aside_dir, e))?;
+            fs::create_dir_all(&aside_dir).map_err(|e| ArchiveError::write(&aside_dir, e))?;
             let mut lives = vec![live.clone()];
             if *role == Role::Database {
                 // stale WAL and shared-memory files would be replayed over the restored database
@@ -475,11 +470,11 @@ impl Staged {
             for l in lives {
                 if l.symlink_metadata().is_ok() {
                     let aside = aside_dir.join(l.file_name().unwrap_or_default());
-                    fs::rename(&l, &aside).map_err(|e| write_err(&l, e))?;
+                    fs::rename(&l, &aside).map_err(|e| ArchiveError::write(&l, e))?;
                     steps.push(Step::Aside { live: l, aside });
                 }
             }
-            fs::rename(staged, live).map_err(|e| write_err(live, e))?;
+            fs::rename(staged, live).map_err(|e| ArchiveError::write(live, e))?;
             steps.push(Step::Installed {
                 live: live.clone(),
                 staged: staged.clone(),
@@ -559,7 +554,7 @@ fn make_dirs(root: &Path, rel: &Path, entry: &str) -> Result<(), ArchiveError> {
             Err(_) => fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&path)
-                .map_err(|e| write_err(&path, e))?,
+                .map_err(|e| ArchiveError::write(&path, e))?,
         }
     }
     Ok(())
@@ -590,10 +585,6 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-fn write_err(path: &Path, e: io::Error) -> ArchiveError {
-    ArchiveError::io(format!("cannot write {}", path.display()), e)
 }
 
 #[cfg(test)]
