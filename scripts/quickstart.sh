@@ -14,7 +14,9 @@ sb() { "$repo/target/debug/synapse-backup" --synapse-config "$work/data/homeserv
 # The passphrase comes from the environment or a file, never from the command line.
 export SYNAPSE_BACKUP_PASSPHRASE=${SYNAPSE_BACKUP_PASSPHRASE:-quick-start passphrase}
 
-digest() { (cd "$1" && find example.com.signing.key media_store/local_* -type f -print0 | sort -z | xargs -0 sha256sum; sqlite3 homeserver.db .dump | sha256sum); }
+# the database by its content (a dump through Python's sqlite3: the sqlite3 CLI may be absent)
+dump() { python3 -c 'import sqlite3, sys; print("\n".join(sqlite3.connect(sys.argv[1]).iterdump()))' "$1"; }
+digest() { (cd "$1" && find example.com.signing.key media_store/local_* -type f -print0 | sort -z | xargs -0 sha256sum; dump homeserver.db | sha256sum); }
 before=$(digest "$work/data")
 
 echo "== synapse-backup create"
