@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::backup_id::BackupId;
+use crate::commands::recover::{self, Recover};
 use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
 use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};
@@ -191,6 +192,30 @@ pub enum Command {
         /// pebble:<service>[@<socket>], systemd:<unit> or none (Synapse already stopped)
         #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
         service: ServiceSpec,
+        /// Seconds Synapse may take to answer GET /health after the restore before the previous
+        /// data is put back (0: do not check)
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "SYNAPSE_BACKUP_HEALTH_TIMEOUT",
+            default_value_t = 120
+        )]
+        health_timeout: u64,
+        /// With --service none: restore even though Synapse answers on its listener
+        #[arg(long)]
+        even_if_running: bool,
+    },
+    /// Finish what an interrupted restore left: roll back a half swap, report kept previous data
+    Recover {
+        /// Drop the data a finished restore kept (its previous data)
+        #[arg(long, conflicts_with = "rollback")]
+        commit: bool,
+        /// Put back the data a finished restore replaced
+        #[arg(long)]
+        rollback: bool,
+        /// How to stop and start Synapse around a rollback (as for restore)
+        #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
+        service: ServiceSpec,
     },
     /// Delete the backups the retention policy says have expired (never the newest)
     Prune {
@@ -245,9 +270,18 @@ fn run(cli: &Cli) -> Result<(), Error> {
     } else {
         Box::new(Throttled::new(Stderr, Duration::from_secs(2)))
     };
+    if let Command::Recover {
+        commit,
+        rollback,
+        service,
+    } = &cli.command
+    {
+        return recover_command(cli, *commit, *rollback, service);
+    }
     let store = cli.store.open()?;
     let store = store.as_ref();
     match &cli.command {
+        Command::Recover { .. } => {} // answered above, before a store is opened
         Command::Create { retention } => {
             let synapse = load_synapse(cli)?;
             let passphrase = read_passphrase(cli)?;
@@ -306,6 +340,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
             backup_id,
             force,
             service,
+            health_timeout,
+            even_if_running,
         } => {
             let id: BackupId = backup_id.parse()?;
             let synapse = load_synapse(cli)?;
@@ -318,6 +354,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 store,
                 service: service.as_ref(),
                 force: *force,
+                health_timeout: Duration::from_secs(*health_timeout),
+                even_if_running: *even_if_running,
             }
             .run(progress.as_ref())?;
             for note in &r.notes {
@@ -325,7 +363,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
             print(
                 cli,
-                json!({ "backup-id": r.id.to_string(), "files": r.files, "bytes": r.bytes, "seconds": r.elapsed.as_secs_f64() }),
+                json!({ "backup-id": r.id.to_string(), "files": r.files, "bytes": r.bytes, "seconds": r.elapsed.as_secs_f64(), "notes": r.notes }),
                 || format!("restored {}: {} files, {}", r.id, r.files, human_bytes(r.bytes)),
             );
         }
@@ -383,6 +421,31 @@ fn run(cli: &Cli) -> Result<(), Error> {
             });
         }
     }
+    Ok(())
+}
+
+/// `recover` needs no store: it works on this Synapse's data only.
+fn recover_command(cli: &Cli, commit: bool, rollback: bool, service: &ServiceSpec) -> Result<(), Error> {
+    let synapse = load_synapse(cli)?;
+    let service = service::from_spec(service);
+    let mode = match (commit, rollback) {
+        (true, _) => recover::Mode::Commit,
+        (_, true) => recover::Mode::Rollback,
+        _ => recover::Mode::Check,
+    };
+    let said = Recover {
+        synapse: &synapse,
+        service: service.as_ref(),
+        mode,
+    }
+    .run()?;
+    print(cli, json!({ "recovered": said }), || {
+        if said.is_empty() {
+            "nothing to recover: no interrupted restore".to_string()
+        } else {
+            said.join("\n")
+        }
+    });
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod pipe;
 pub mod reader;
 mod stages;
 pub mod staging;
+pub mod swap;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -7,9 +7,12 @@
 //! path outside the roles, files are created fresh (`O_EXCL`, never through a link), and links
 //! pointing out of their tree are refused.
 //!
-//! [`Staged::swap`] runs only after the whole stream was read and verified: each target is moved
-//! aside into its staging directory and the staged copy renamed into place; if any rename fails,
-//! every step is undone. The previous data is deleted only once every swap succeeded.
+//! Owners come from the *live layout*, not from the archive's numeric ids (a backup made in the
+//! official image, uid 991, restores onto Debian's `matrix-synapse` user): each role's files and
+//! directories get the owner of its live target, else of the nearest existing directory that will
+//! hold it. Directories stay writable by that owner, so Synapse can add shards and caches.
+//!
+//! [`Staged::swap`] runs only after the whole stream was read and verified (see [`super::swap`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -20,12 +23,24 @@ use std::time::{Duration, SystemTime};
 
 use super::file_writer::{FileMeta, FileWriter};
 use super::manifest::Roots;
+use super::swap::{self, Companion, Swapped, Target, STAGING_PREFIX};
 use super::{ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
 use crate::backup_id::BackupId;
 use crate::synapse::{sqlite, Database, SynapseConfig};
 
-/// Set to make the swap fail after its first rename (tests prove the rollback with it).
-pub const FAIL_SWAP_ENV: &str = "SYNAPSE_BACKUP_TEST_FAIL_SWAP";
+/// Owner (uid, gid) given to what is restored, when running as root.
+type Owner = Option<(u32, u32)>;
+
+/// Mode of a directory the backup has no entry for (Synapse's umask gives the same).
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+/// Metadata to apply to a staged directory once every file is in.
+struct DirMeta {
+    path: PathBuf,
+    mode: u32,
+    mtime: Option<u64>,
+    owner: Owner,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
@@ -45,8 +60,9 @@ pub struct Stager {
     staging: BTreeMap<PathBuf, PathBuf>,
     /// role → (live target, staged path)
     staged: BTreeMap<Role, (PathBuf, PathBuf)>,
-    /// directory metadata to apply once all files are in (mode, uid, gid, mtime)
-    dirs: Vec<(PathBuf, u32, u64, u64, u64)>,
+    dirs: Vec<DirMeta>,
+    /// each role's owner in the live layout
+    owners: BTreeMap<Role, Owner>,
     media_seen: bool,
     notes: Vec<String>,
     as_root: bool,
@@ -66,6 +82,7 @@ impl Stager {
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
             dirs: Vec::new(),
+            owners: BTreeMap::new(),
             media_seen: false,
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
@@ -89,14 +106,55 @@ impl Stager {
         }
     }
 
+    /// Who owns a role's files in the live layout: its live target's owner, else the owner of
+    /// the nearest existing directory that will hold it (for media, the media store).
+    fn owner(&mut self, role: Role) -> Owner {
+        if !self.as_root {
+            return None;
+        }
+        if let Some(owner) = self.owners.get(&role) {
+            return *owner;
+        }
+        let target = self.target(role);
+        let owner = target.and_then(|t| {
+            use std::os::unix::fs::MetadataExt;
+            let model = match role {
+                Role::Media(_) => t.clone(),
+                _ => t.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            };
+            let md = fs::symlink_metadata(&t)
+                .ok()
+                .filter(|_| !matches!(role, Role::Media(_)))
+                .or_else(|| fs::metadata(nearest_existing(&model)).ok())?;
+            Some((md.uid(), md.gid()))
+        });
+        self.owners.insert(role, owner);
+        owner
+    }
+
+    /// Makes the missing directories of `dir` with the role's owner, as Synapse would have them.
+    fn make_parents(&mut self, dir: &Path, owner: Owner) -> Result<(), ArchiveError> {
+        let missing: Vec<&Path> = dir.ancestors().take_while(|p| p.symlink_metadata().is_err()).collect();
+        for p in missing.into_iter().rev() {
+            fs::DirBuilder::new()
+                .mode(IMPLICIT_DIR_MODE)
+                .create(p)
+                .map_err(|e| ArchiveError::write(p, e))?;
+            self.own(p, owner)?;
+            fs::set_permissions(p, fs::Permissions::from_mode(IMPLICIT_DIR_MODE))
+                .map_err(|e| ArchiveError::write(p, e))?;
+        }
+        Ok(())
+    }
+
     /// The staging directory beside `target`, made on first use.
-    fn staging_for(&mut self, target: &Path) -> Result<PathBuf, ArchiveError> {
+    fn staging_for(&mut self, target: &Path, owner: Owner) -> Result<PathBuf, ArchiveError> {
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
         if let Some(dir) = self.staging.get(&parent) {
             return Ok(dir.clone());
         }
-        fs::create_dir_all(&parent).map_err(|e| ArchiveError::write(&parent, e))?;
-        let dir = parent.join(format!(".synapse-backup-restore-{}", self.id));
+        self.make_parents(&parent, owner)?;
+        let dir = parent.join(format!("{STAGING_PREFIX}{}", self.id));
         if dir.exists() {
             // left by a crashed restore
             fs::remove_dir_all(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
@@ -118,12 +176,20 @@ impl Stager {
             return Ok(None);
         };
         let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let staged = self.staging_for(&target)?.join(name);
+        let owner = self.owner(role);
+        let staged = self.staging_for(&target, owner)?.join(name);
         if let Role::Media(_) = role {
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&staged)
                 .map_err(|e| ArchiveError::write(&staged, e))?;
+            // mode and times from the backup's entry, if it has one (see `finish`)
+            self.dirs.push(DirMeta {
+                path: staged.clone(),
+                mode: IMPLICIT_DIR_MODE,
+                mtime: None,
+                owner,
+            });
         }
         self.staged.insert(role, (target, staged.clone()));
         Ok(Some(staged))
@@ -193,36 +259,21 @@ impl Stager {
             ));
         }
         if self.media_seen || self.roots.is_some() {
-            // The media directories become exactly what the backup holds, empty ones included;
-            // one the backup has no entry for keeps the live one's owner and mode.
-            for (i, dir) in MEDIA_DIRS.iter().enumerate() {
-                let fresh = !self.staged.contains_key(&Role::Media(i));
-                let Some(staged) = self.staged_root(Role::Media(i))? else {
-                    continue;
-                };
-                let live = self.cfg.media_store_path.join(dir);
-                let model = [live.as_path(), self.cfg.media_store_path.as_path()]
-                    .into_iter()
-                    .find_map(|p| fs::metadata(p).ok());
-                if let (true, Some(md)) = (fresh, model) {
-                    use std::os::unix::fs::MetadataExt;
-                    self.dirs.push((
-                        staged,
-                        md.mode(),
-                        u64::from(md.uid()),
-                        u64::from(md.gid()),
-                        md.mtime().max(0) as u64,
-                    ));
-                }
+            // The media directories become exactly what the backup holds, empty ones included
+            // (one the backup has no entry for is made as Synapse would make it).
+            for i in 0..MEDIA_DIRS.len() {
+                self.staged_root(Role::Media(i))?;
             }
         }
-        // deepest first: a directory's mtime changes when something is created in it
-        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
-        for (path, mode, uid, gid, mtime) in std::mem::take(&mut self.dirs) {
-            self.own(&path, uid, gid)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777 & !0o6000))
-                .map_err(|e| ArchiveError::write(&path, e))?;
-            if let Ok(dir) = File::open(&path) {
+        // deepest first: a directory's mtime changes when something is created in it (the sort
+        // is stable: an entry's own metadata, pushed after the defaults, is applied last)
+        self.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+        for d in std::mem::take(&mut self.dirs) {
+            self.own(&d.path, d.owner)?;
+            fs::set_permissions(&d.path, fs::Permissions::from_mode(dir_mode(d.mode)))
+                .map_err(|e| ArchiveError::write(&d.path, e))?;
+            if let (Some(mtime), Ok(dir)) = (d.mtime, File::open(&d.path)) {
                 let _ = dir.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
             }
         }
@@ -256,15 +307,14 @@ impl Stager {
         })
     }
 
-    fn own(&self, path: &Path, uid: u64, gid: u64) -> Result<(), ArchiveError> {
-        if self.as_root {
-            std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
-                .map_err(|e| ArchiveError::write(path, e))?;
+    fn own(&self, path: &Path, owner: Owner) -> Result<(), ArchiveError> {
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| ArchiveError::write(path, e))?;
         }
         Ok(())
     }
 
-    fn write_file(&mut self, path: &Path, e: Entry<'_>) -> Result<(), ArchiveError> {
+    fn write_file(&mut self, path: &Path, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -274,8 +324,9 @@ impl Stager {
             .map_err(|err| ArchiveError::write(path, err))?;
         let meta = FileMeta {
             mtime: e.mtime,
-            owner: self.as_root.then_some((e.uid as u32, e.gid as u32)),
-            mode: e.mode,
+            owner,
+            // its owner must be able to read and write it (Synapse opens its database read-write)
+            mode: (e.mode & 0o777) | 0o600,
         };
         self.writer
             .write(file, path.to_path_buf(), e.data, e.size, e.name, meta)
@@ -320,6 +371,7 @@ impl Visitor for Stager {
             return Ok(()); // a database for a server that now uses PostgreSQL
         };
         let is_media = matches!(role, Role::Media(_));
+        let owner = self.owner(role);
         if !is_media && e.kind != EntryKind::File {
             return Err(ArchiveError::hostile(
                 e.name,
@@ -329,7 +381,14 @@ impl Visitor for Stager {
         let path = if rest.is_empty() { root.clone() } else { root.join(rest) };
         if !rest.is_empty() {
             if let Some(parent) = Path::new(rest).parent() {
-                make_dirs(&root, parent, e.name)?;
+                for made in make_dirs(&root, parent, e.name)? {
+                    self.dirs.push(DirMeta {
+                        path: made,
+                        mode: IMPLICIT_DIR_MODE,
+                        mtime: None,
+                        owner,
+                    });
+                }
             }
         }
         match &e.kind {
@@ -344,7 +403,12 @@ impl Visitor for Stager {
                             .map_err(|err| ArchiveError::write(&path, err))?,
                     }
                 }
-                self.dirs.push((path, e.mode, e.uid, e.gid, e.mtime));
+                self.dirs.push(DirMeta {
+                    path,
+                    mode: e.mode,
+                    mtime: Some(e.mtime),
+                    owner,
+                });
                 Ok(())
             }
             EntryKind::File => {
@@ -355,7 +419,7 @@ impl Visitor for Stager {
                     // a later copy of the same name replaces the earlier one, as tar does
                     fs::remove_file(&path).map_err(|err| ArchiveError::write(&path, err))?;
                 }
-                self.write_file(&path, e)
+                self.write_file(&path, e, owner)
             }
             EntryKind::Symlink(target) => {
                 if rest.is_empty() || !link_stays_inside(rest, target) {
@@ -365,7 +429,7 @@ impl Visitor for Stager {
                     ));
                 }
                 std::os::unix::fs::symlink(target, &path).map_err(|err| ArchiveError::write(&path, err))?;
-                self.own(&path, e.uid, e.gid)
+                self.own(&path, owner)
             }
             EntryKind::HardLink(target) => {
                 let Some((trole, trest)) = self.classify(target) else {
@@ -411,82 +475,45 @@ pub struct Staged {
     done: bool,
 }
 
-enum Step {
-    /// a live path moved aside
-    Aside { live: PathBuf, aside: PathBuf },
-    /// a staged path moved into place
-    Installed { live: PathBuf, staged: PathBuf },
-}
-
 impl Staged {
     pub fn notes(&self) -> &[String] {
         &self.notes
     }
 
-    /// Moves every staged target into place; on failure, puts everything back as it was. The
-    /// data that was replaced stays on disk until [`Previous::remove`] (after Synapse is started
-    /// again: deleting gigabytes can take a while).
-    pub fn swap(mut self) -> Result<Previous, ArchiveError> {
-        let mut steps = Vec::new();
-        let result = self.swap_all(&mut steps);
-        if let Err(e) = result {
-            let mut unrestored = Vec::new();
-            for step in steps.into_iter().rev() {
-                let (from, to) = match step {
-                    Step::Installed { live, staged } => (live, staged),
-                    Step::Aside { live, aside } => (aside, live),
-                };
-                if let Err(err) = fs::rename(&from, &to) {
-                    unrestored.push(format!("{} (still at {}: {err})", to.display(), from.display()));
-                }
-            }
-            if !unrestored.is_empty() {
-                self.done = true; // keep the staging directories: they hold the previous data
-                return Err(ArchiveError::Refused(format!(
-                    "{e}; rolling back failed for {}",
-                    unrestored.join(", ")
-                )));
-            }
-            return Err(e);
-        }
-        self.done = true;
-        Ok(Previous {
-            dirs: std::mem::take(&mut self.staging),
-        })
-    }
-
-    fn swap_all(&self, steps: &mut Vec<Step>) -> Result<(), ArchiveError> {
-        let fail_after_first = std::env::var_os(FAIL_SWAP_ENV).is_some();
-        for (role, (live, staged)) in &self.staged {
-            let staging = staged.parent().unwrap_or(Path::new("/"));
-            let aside_dir = staging.join("previous");
-            fs::create_dir_all(&aside_dir).map_err(|e| ArchiveError::write(&aside_dir, e))?;
-            let mut lives = vec![live.clone()];
-            if *role == Role::Database {
+    /// Moves every staged target into place through the restore journal at `journal` (see
+    /// [`swap`]); on failure, everything is as it was. The replaced data stays on disk until the
+    /// returned [`Swapped`] is committed.
+    pub fn swap(mut self, journal: &Path, backup_id: &str) -> Result<Swapped, ArchiveError> {
+        let targets = self
+            .staged
+            .iter()
+            .map(|(role, (live, staged))| {
+                let aside = staged.parent().unwrap_or(Path::new("/")).join("previous");
+                let aside_of = |p: &Path| aside.join(p.file_name().unwrap_or_default());
                 // stale WAL and shared-memory files would be replayed over the restored database
-                lives.push(with_suffix(live, "-wal"));
-                lives.push(with_suffix(live, "-shm"));
-            }
-            for l in lives {
-                if l.symlink_metadata().is_ok() {
-                    let aside = aside_dir.join(l.file_name().unwrap_or_default());
-                    fs::rename(&l, &aside).map_err(|e| ArchiveError::write(&l, e))?;
-                    steps.push(Step::Aside { live: l, aside });
+                let companions = match role {
+                    Role::Database => ["-wal", "-shm"]
+                        .iter()
+                        .map(|s| {
+                            let live = with_suffix(live, s);
+                            Companion {
+                                aside: aside_of(&live),
+                                live,
+                            }
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                Target {
+                    live: live.clone(),
+                    staged: staged.clone(),
+                    aside: aside_of(live),
+                    companions,
                 }
-            }
-            fs::rename(staged, live).map_err(|e| ArchiveError::write(live, e))?;
-            steps.push(Step::Installed {
-                live: live.clone(),
-                staged: staged.clone(),
-            });
-            if fail_after_first {
-                return Err(ArchiveError::io(
-                    "swapping the restored data in",
-                    io::Error::other("failure injected by the test hook"),
-                ));
-            }
-        }
-        Ok(())
+            })
+            .collect();
+        self.done = true; // from here on the journal owns the staging directories
+        swap::swap(journal, backup_id, targets, std::mem::take(&mut self.staging))
     }
 }
 
@@ -510,25 +537,6 @@ pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool
     Ok(())
 }
 
-/// The data a restore replaced, waiting to be deleted.
-#[must_use]
-pub struct Previous {
-    dirs: Vec<PathBuf>,
-}
-
-impl Previous {
-    pub fn remove(self) {
-        for dir in &self.dirs {
-            if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!(
-                    "could not remove {} (the data the restore replaced): {e}",
-                    dir.display()
-                );
-            }
-        }
-    }
-}
-
 fn media_role(below: &str) -> Option<(Role, &str)> {
     let (first, rest) = below.split_once('/').unwrap_or((below, ""));
     MEDIA_DIRS
@@ -537,8 +545,10 @@ fn media_role(below: &str) -> Option<(Role, &str)> {
         .map(|i| (Role::Media(i), rest))
 }
 
-/// Creates the directories of `rel` below `root` one at a time, refusing to go through a link.
-fn make_dirs(root: &Path, rel: &Path, entry: &str) -> Result<(), ArchiveError> {
+/// Creates the directories of `rel` below `root` one at a time, refusing to go through a link;
+/// the ones it made.
+fn make_dirs(root: &Path, rel: &Path, entry: &str) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut made = Vec::new();
     let mut path = root.to_path_buf();
     for c in rel.components() {
         let Component::Normal(part) = c else { continue };
@@ -551,13 +561,30 @@ fn make_dirs(root: &Path, rel: &Path, entry: &str) -> Result<(), ArchiveError> {
                     "it would be written through a link or over a file",
                 ))
             }
-            Err(_) => fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-                .map_err(|e| ArchiveError::write(&path, e))?,
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| ArchiveError::write(&path, e))?;
+                made.push(path.clone());
+            }
         }
     }
-    Ok(())
+    Ok(made)
+}
+
+/// A restored directory's mode: what the backup says, but always usable by its owner (Synapse
+/// creates shards and caches in them), and never set-id.
+fn dir_mode(mode: u32) -> u32 {
+    (mode & 0o1777) | 0o700
+}
+
+/// `path`, or its nearest ancestor that exists (a lost server's directories are made again).
+pub fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.symlink_metadata().is_ok())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
 }
 
 /// Does a symlink at `link` (relative to its tree's root) with this target stay inside the tree?

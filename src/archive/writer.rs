@@ -41,14 +41,28 @@ pub struct Source {
     pub read_from: PathBuf,
     /// The entry name (the live path without its leading `/`).
     pub name: String,
+    /// Whose owner, mode and times the entry carries, when not `read_from`'s: the database's
+    /// entry holds the snapshot's bytes with the live file's metadata.
+    pub meta_from: Option<PathBuf>,
     pub tree: bool,
 }
 
 impl Source {
-    pub fn file(read_from: &Path, live_path: &Path) -> Self {
+    pub fn file(path: &Path) -> Self {
         Source {
-            read_from: read_from.into(),
+            read_from: path.into(),
+            name: entry_name(path),
+            meta_from: None,
+            tree: false,
+        }
+    }
+
+    /// The bytes of `snapshot` under the name and metadata of `live_path`.
+    pub fn snapshot_of(snapshot: &Path, live_path: &Path) -> Self {
+        Source {
+            read_from: snapshot.into(),
             name: entry_name(live_path),
+            meta_from: Some(live_path.into()),
             tree: false,
         }
     }
@@ -57,6 +71,7 @@ impl Source {
         Source {
             read_from: root.into(),
             name: entry_name(root),
+            meta_from: None,
             tree: true,
         }
     }
@@ -155,7 +170,7 @@ impl<'a> Producer<'a> {
                 let md = fs::metadata(&source.read_from).map_err(|e| read_err(&source.read_from, e))?;
                 p.tree(&source.read_from, &source.name, &md)?;
             } else {
-                p.file(&source.read_from, &source.name, true)?;
+                p.file(&source.read_from, &source.name, true, source.meta_from.as_deref())?;
             }
         }
         p.flush_chunk()?;
@@ -179,7 +194,7 @@ impl<'a> Producer<'a> {
 
     /// One regular file. `required`: a file the backup cannot be without (signing key, database),
     /// versus one of many media files that may be deleted while we walk.
-    fn file(&mut self, path: &Path, name: &str, required: bool) -> Result<(), ArchiveError> {
+    fn file(&mut self, path: &Path, name: &str, required: bool, meta_from: Option<&Path>) -> Result<(), ArchiveError> {
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
@@ -194,7 +209,13 @@ impl<'a> Producer<'a> {
         }
         let size = md.len();
         let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&md, HeaderMode::Complete);
+        match meta_from {
+            Some(live) => {
+                let live_md = fs::metadata(live).map_err(|e| read_err(live, e))?;
+                header.set_metadata_in_mode(&live_md, HeaderMode::Complete);
+            }
+            None => header.set_metadata_in_mode(&md, HeaderMode::Complete),
+        }
         header.set_size(size);
         let peeked = super::read_full(&mut file, &mut self.peek[..(size.min(PEEK as u64) as usize)])
             .map_err(|e| read_err(path, e))?;
@@ -249,7 +270,7 @@ impl<'a> Producer<'a> {
             if kind.is_dir() {
                 self.tree(&path, &child_name, &md)?;
             } else if kind.is_file() {
-                self.file(&path, &child_name, false)?;
+                self.file(&path, &child_name, false, None)?;
             } else if kind.is_symlink() {
                 let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
                 let mut header = tar::Header::new_gnu();

@@ -175,6 +175,7 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
     let synapse = load_synapse(state)?;
     let store = open_store(state, "restore-backup")?;
     let service = synapse_service(state)?;
+    let health_timeout = super::service::health_timeout(state)?;
     let result = with_maintenance(tools, &format!("Backup: restoring {id}"), || {
         Restore {
             id: &id,
@@ -183,6 +184,8 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
             store: store.as_ref(),
             service: service.as_ref(),
             force: false,
+            health_timeout,
+            even_if_running: false,
         }
         .run(&action_log(tools))
     })?;

@@ -63,6 +63,7 @@ fn run(tools: &HookTools, ctx: &JujuContext, event: &Event) -> Result<(), ToolEr
     match event {
         Event::Hook(hook) if is_status_hook(hook) => {
             let state = CharmState::load(tools, ctx, event)?;
+            recover_interrupted_restore(tools, &state);
             relation::reconcile(tools, ctx, event, &state)
         }
         Event::Hook(_) => Ok(()),
@@ -70,6 +71,33 @@ fn run(tools: &HookTools, ctx: &JujuContext, event: &Event) -> Result<(), ToolEr
             let state = CharmState::load(tools, ctx, event)?;
             actions::handle(name, tools, &state)
         }
+    }
+}
+
+/// A restore killed mid-swap (an action timeout, an evicted pod) is rolled back on the next hook,
+/// and Synapse started again; what was found goes to the unit's log. Nothing here fails the hook.
+fn recover_interrupted_restore(tools: &HookTools, state: &CharmState) {
+    use crate::commands::recover::{Mode, Recover};
+    let paths = crate::synapse::config::parse_path_list(&state.synapse_config);
+    let Ok(synapse) = crate::synapse::SynapseConfig::load(&paths) else {
+        return; // no Synapse config yet: nothing can have been restored
+    };
+    let Ok(service) = service::synapse_service(state) else {
+        return;
+    };
+    let said = Recover {
+        synapse: &synapse,
+        service: service.as_ref(),
+        mode: Mode::Check,
+    }
+    .run();
+    let (level, lines) = match said {
+        Ok(lines) => (LogLevel::Warning, lines),
+        Err(e) => (LogLevel::Error, vec![format!("recovering an interrupted restore: {e}")]),
+    };
+    for line in lines {
+        eprintln!("synapse-backup: {line}");
+        let _ = tools.log(level, &line);
     }
 }
 

@@ -18,6 +18,19 @@ pub fn synapse_service(state: &CharmState) -> Result<Box<dyn ServiceControl>, St
     Ok(from_spec(&spec))
 }
 
+/// How long a restore waits for Synapse's health check (`synapse_health_timeout`).
+pub fn health_timeout(state: &CharmState) -> Result<std::time::Duration, String> {
+    u64::try_from(state.health_timeout)
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| {
+            format!(
+                "{} must be a number of seconds (0 turns the check off), not {}",
+                option::HEALTH_TIMEOUT,
+                state.health_timeout
+            )
+        })
+}
+
 /// Retention: `backup_keep_last`, and the s3-integrator's `delete-older-than-days`.
 pub fn retention(state: &CharmState) -> Result<Policy, String> {
     let keep_last = u32::try_from(state.keep_last).map_err(|_| {

@@ -28,6 +28,7 @@ pub mod option {
     pub const SYNAPSE_CONFIG: &str = "synapse_config";
     pub const SYNAPSE_SERVICE: &str = "synapse_service";
     pub const KEEP_LAST: &str = "backup_keep_last";
+    pub const HEALTH_TIMEOUT: &str = "synapse_health_timeout";
 }
 
 /// The key of the passphrase inside the user secret named by `backup_passphrase_secret`.
@@ -48,6 +49,8 @@ pub struct CharmState {
     pub synapse_service: String,
     /// `backup_keep_last`: how many backups to keep after a create (0 = all; negative is invalid).
     pub keep_last: i64,
+    /// `synapse_health_timeout`: seconds Synapse may take to answer `/health` after a restore.
+    pub health_timeout: i64,
     pub passphrase: Result<Passphrase, PassphraseProblem>,
     pub backup: Option<BackupRelation>,
 }
@@ -108,6 +111,10 @@ impl CharmState {
         let synapse_service =
             string_option(&config, option::SYNAPSE_SERVICE).unwrap_or_else(|| DEFAULT_SYNAPSE_SERVICE.to_string());
         let keep_last = config.get(option::KEEP_LAST).and_then(Value::as_i64).unwrap_or(0);
+        let health_timeout = config
+            .get(option::HEALTH_TIMEOUT)
+            .and_then(Value::as_i64)
+            .unwrap_or(crate::commands::restore::DEFAULT_HEALTH_TIMEOUT.as_secs() as i64);
         let passphrase = load_passphrase(tools, ctx, &config, &app);
         let backup = load_backup_relation(tools, ctx, event, &app, leader)?;
         Ok(CharmState {
@@ -116,6 +123,7 @@ impl CharmState {
             synapse_config,
             synapse_service,
             keep_last,
+            health_timeout,
             passphrase,
             backup,
         })

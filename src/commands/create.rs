@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use super::recover;
 use crate::archive::{self, Header, Plan, Source};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
 use crate::store::{ObjectMeta, ObjectStore};
+use crate::synapse::lock::Lock;
 use crate::synapse::{sqlite, Database, SynapseConfig};
 use crate::units::rfc3339;
 
@@ -43,7 +45,8 @@ impl Create<'_> {
         if self.passphrase.is_empty() {
             return Err(Error::Usage("the backup passphrase is empty".into()));
         }
-        let mut notes = Vec::new();
+        let _lock = Lock::acquire(cfg, "create")?;
+        let mut notes = recover::before(cfg, false)?;
         let snapshot = match &cfg.database {
             Database::Sqlite(path) => Some(sqlite::snapshot(path)?),
             Database::Postgres => {
@@ -54,9 +57,9 @@ impl Create<'_> {
         let id = BackupId::now();
         let created_at = rfc3339(std::time::SystemTime::now());
         let header = Header::new(cfg, &created_at);
-        let mut sources = vec![Source::file(&cfg.signing_key_path, &cfg.signing_key_path)];
+        let mut sources = vec![Source::file(&cfg.signing_key_path)];
         if let (Some(snap), Database::Sqlite(db)) = (&snapshot, &cfg.database) {
-            sources.push(Source::file(snap.path(), db));
+            sources.push(Source::snapshot_of(snap.path(), db));
         }
         for dir in archive::MEDIA_DIRS {
             let root = cfg.media_store_path.join(dir);
@@ -75,6 +78,7 @@ impl Create<'_> {
         let written = archive::write(&plan, self.passphrase, upload.as_mut(), progress)?;
         drop(snapshot);
         let stored_bytes = upload.finish()?;
+        notes.extend(recover::after_success(cfg));
         Ok(CreateReport {
             id,
             stored_bytes,

@@ -5,6 +5,7 @@ pub mod create;
 pub mod delete;
 pub mod list;
 pub mod prune;
+pub mod recover;
 pub mod restore;
 pub mod verify;
 

@@ -4,19 +4,25 @@
 //! to stage it); then
 //! download, decrypt and stage the whole backup beside its targets with Synapse still running
 //! (a wrong passphrase, a truncated or tampered object, a hostile entry all fail here, with the live
-//! data untouched); only then stop Synapse, swap the staged data in with renames (rolled back if a
-//! rename fails), and start Synapse again — whatever happened.
+//! data untouched); only then stop Synapse (and see it stop answering), swap the staged data in
+//! through the restore journal, start Synapse and wait for its health check. The previous data is
+//! deleted only once Synapse answers; if it does not, the previous data is put back and started.
+//! With no service control nothing is started, and the previous data is kept until the next
+//! successful command (see [`recover`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::archive::{self, staging, staging::Stager};
+use super::recover;
+use crate::archive::{self, staging, staging::Stager, swap};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
 use crate::store::{ObjectStore, StoreError};
+use crate::synapse::health;
+use crate::synapse::lock::Lock;
 use crate::synapse::service::{ServiceControl, ServiceError};
 use crate::synapse::{Database, SynapseConfig};
 use crate::units::human_bytes;
@@ -29,7 +35,14 @@ pub struct Restore<'a> {
     pub service: &'a dyn ServiceControl,
     /// Restore even when the backup's server_name differs from the current config's.
     pub force: bool,
+    /// How long Synapse may take to answer `GET /health` after the start (zero: not checked).
+    pub health_timeout: Duration,
+    /// Swap even though Synapse answers and nothing stops it (the operator knows better).
+    pub even_if_running: bool,
 }
+
+/// The default of `--health-timeout` and the charm's `synapse_health_timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
@@ -44,15 +57,27 @@ pub struct RestoreReport {
 impl Restore<'_> {
     pub fn run(&self, progress: &dyn ProgressSink) -> Result<RestoreReport, Error> {
         let started = Instant::now();
+        let cfg = self.synapse;
+        let _lock = Lock::acquire(cfg, &format!("restore of {}", self.id))?;
+        let mut notes = recover::before(cfg, true)?;
         let info = self
             .store
             .head(self.id)?
             .ok_or_else(|| StoreError::NotFound(self.id.clone()))?;
         if let Some(name) = &info.meta.server_name {
-            staging::check_server_name(self.id, name, &self.synapse.server_name, self.force)?;
+            staging::check_server_name(self.id, name, &cfg.server_name, self.force)?;
+        }
+        let service = self.service.describe();
+        let controlled = service != "none";
+        if !controlled && !self.even_if_running {
+            recover::refuse_if_running(
+                cfg,
+                "the restore",
+                "pass --service systemd:<unit> or pebble:<service> to have it stopped and started (nothing was changed)",
+            )?;
         }
         self.check_free_space(info.size)?;
-        let mut stager = Stager::new(self.synapse, self.id, self.force)?;
+        let mut stager = Stager::new(cfg, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
         tracing::info!(
             "read and staged {} files in {:.1}s",
@@ -64,9 +89,11 @@ impl Restore<'_> {
             "staged data checked and synced at {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        let mut notes = staged.notes().to_vec();
+        notes.extend(staged.notes().iter().cloned());
+        if !summary.manifest_checked {
+            notes.push("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran".into());
+        }
 
-        let service = self.service.describe();
         if let Err(e) = self.service.stop() {
             // it may be half-stopped: make sure it runs, since nothing was changed
             return Err(match self.service.start() {
@@ -76,28 +103,40 @@ impl Restore<'_> {
                 )),
             });
         }
-        let swapped = staged.swap();
-        tracing::info!("swapped in at {:.1}s", started.elapsed().as_secs_f64());
-        let started_again = self.service.start();
-        let previous = match (swapped, started_again) {
-            (Ok(previous), Ok(())) => previous,
-            (Ok(previous), Err(e)) => {
-                previous.remove();
-                return Err(Error::SynapseDown(format!(
-                    "the backup was restored but {NOT_STARTED} ({service}): {e}"
+        if let (true, Some(listener)) = (controlled, &cfg.listener) {
+            if let Err(e) = health::wait_down(listener, recover::STOP_CONFIRM_TIMEOUT) {
+                return Err(Error::Refused(format!(
+                    "Synapse was stopped through {service} but {e}: nothing was restored"
                 )));
             }
-            (Err(e), Ok(())) => return Err(e.into()),
-            (Err(e), Err(s)) => {
-                return Err(Error::SynapseDown(format!(
-                    "{e}; the previous data was put back but {NOT_STARTED} ({service}): {s}"
-                )))
+        }
+        let swapped = match staged.swap(&swap::journal_path(cfg), self.id.as_str()) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(match self.service.start() {
+                    Ok(()) => e.into(),
+                    Err(s) => Error::SynapseDown(format!(
+                        "{e}; the previous data was put back but {NOT_STARTED} ({service}): {s}"
+                    )),
+                })
             }
         };
-        previous.remove();
-        tracing::info!("removed the replaced data at {:.1}s", started.elapsed().as_secs_f64());
-        if !summary.manifest_checked {
-            notes.push("the backup has no manifest (made by another tool): only OpenPGP's integrity check ran".into());
+        tracing::info!("swapped in at {:.1}s", started.elapsed().as_secs_f64());
+        if !controlled {
+            let kept = swapped.keep();
+            notes.push(format!(
+                "Synapse was not started (--service none): start it yourself. The data it replaced is kept in {} until the next successful command; `synapse-backup recover --commit` drops it now, `recover --rollback` puts it back",
+                kept.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        } else {
+            match self.start_healthy() {
+                Ok(note) => {
+                    swapped.commit();
+                    notes.extend(note);
+                    tracing::info!("removed the replaced data at {:.1}s", started.elapsed().as_secs_f64());
+                }
+                Err(why) => return Err(self.roll_back(swapped, &why)),
+            }
         }
         Ok(RestoreReport {
             id: self.id.clone(),
@@ -107,6 +146,51 @@ impl Restore<'_> {
             notes,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Starts Synapse and waits for its health check; a note on what was checked.
+    fn start_healthy(&self) -> Result<Option<String>, String> {
+        let service = self.service.describe();
+        self.service
+            .start()
+            .map_err(|e| format!("{NOT_STARTED} ({service}): {e}"))?;
+        match (&self.synapse.listener, self.health_timeout.is_zero()) {
+            (Some(listener), false) => {
+                let took = health::wait_healthy(listener, self.health_timeout)?;
+                tracing::info!("Synapse answered GET /health after {:.1}s", took.as_secs_f64());
+                Ok(None)
+            }
+            (None, false) => Ok(Some(
+                "homeserver.yaml has no plain HTTP listener: Synapse was started but its health could not be checked"
+                    .into(),
+            )),
+            (_, true) => Ok(Some(
+                "Synapse was started; its health check was turned off (timeout 0)".into(),
+            )),
+        }
+    }
+
+    /// The restored data did not start: stop Synapse, put the previous data back, start it.
+    fn roll_back(&self, swapped: swap::Swapped, why: &str) -> Error {
+        let service = self.service.describe();
+        let _ = self.service.stop();
+        if let Some(listener) = &self.synapse.listener {
+            let _ = health::wait_down(listener, recover::STOP_CONFIRM_TIMEOUT);
+        }
+        if let Err(e) = swapped.rollback() {
+            return Error::SynapseDown(format!(
+                "the restored data did not start: {why}; putting the previous data back failed ({e}), and Synapse is stopped"
+            ));
+        }
+        match self.start_healthy() {
+            Ok(_) => Error::Refused(format!(
+                "the restored data did not start: {why}; the previous data is back and Synapse is running"
+            )),
+            Err(e) => Error::SynapseDown(format!(
+                "the restored data did not start: {why}; the previous data is back but {} ({service}): {e}",
+                "it did not come up either"
+            )),
+        }
     }
 
     /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with
@@ -119,7 +203,7 @@ impl Restore<'_> {
         }
         let mut filesystems: Vec<(u64, PathBuf, u64)> = Vec::new();
         for dir in dirs {
-            let existing = nearest_existing(&dir);
+            let existing = staging::nearest_existing(&dir);
             let (dev, free) = match (std::fs::metadata(&existing), rustix::fs::statvfs(&existing)) {
                 (Ok(md), Ok(vfs)) => (md.dev(), vfs.f_bavail.saturating_mul(vfs.f_frsize)),
                 (Err(e), _) => {
@@ -170,18 +254,6 @@ pub fn space_needed(stored: u64) -> u64 {
     stored.saturating_add(stored / 10).saturating_add(16 << 20)
 }
 
-/// `path`, or its nearest ancestor that exists (a wiped data directory is made again by staging).
-fn nearest_existing(path: &Path) -> PathBuf {
-    let mut p = path;
-    while !p.exists() {
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => break,
-        }
-    }
-    p.to_path_buf()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +278,9 @@ mod tests {
     #[test]
     fn a_wiped_directory_is_measured_at_its_nearest_parent() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(nearest_existing(&dir.path().join("data/media_store")), dir.path());
+        assert_eq!(
+            staging::nearest_existing(&dir.path().join("data/media_store")),
+            dir.path()
+        );
     }
 }

@@ -50,7 +50,34 @@ pub struct SynapseConfig {
     pub signing_key_path: PathBuf,
     pub media_store_path: PathBuf,
     pub database: Database,
+    /// Synapse's first plain-HTTP listener, where its `/health` answers (none: not checked).
+    pub listener: Option<HttpListener>,
     pub files: Vec<PathBuf>,
+}
+
+/// A TCP listener of Synapse's, as `homeserver.yaml` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpListener {
+    pub port: u16,
+    /// Where to reach it from this machine: a bind address of `0.0.0.0` or `::` means loopback.
+    pub hosts: Vec<std::net::IpAddr>,
+}
+
+impl HttpListener {
+    pub fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.hosts
+            .iter()
+            .map(|h| std::net::SocketAddr::new(*h, self.port))
+            .collect()
+    }
+
+    /// For messages: `http://127.0.0.1:8008`.
+    pub fn url(&self) -> String {
+        match self.addrs().first() {
+            Some(a) => format!("http://{a}"),
+            None => format!("port {}", self.port),
+        }
+    }
 }
 
 /// Splits the comma-separated list the charm's `synapse_config` option and the CLI take.
@@ -112,11 +139,13 @@ impl SynapseConfig {
         let signing_key_path = path_key("signing_key_path", &format!("{server_name}.signing.key"))?;
         let media_store_path = path_key("media_store_path", "media_store")?;
         let database = database(map.get("database"), base)?;
+        let listener = http_listener(map.get("listeners"));
         Ok(SynapseConfig {
             server_name,
             signing_key_path,
             media_store_path,
             database,
+            listener,
             files,
         })
     }
@@ -153,6 +182,49 @@ fn database(value: Option<&Value>, base: &Path) -> Result<Database, ConfigError>
             reason: format!("unknown database engine {other:?} (expected sqlite3 or psycopg2)"),
         }),
     }
+}
+
+/// The first `type: http` listener without TLS on a TCP port (Synapse's default bind addresses
+/// are `::` and `0.0.0.0`). Anything else (TLS, unix sockets, replication) is not probed.
+fn http_listener(value: Option<&Value>) -> Option<HttpListener> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let Some(Value::Sequence(listeners)) = value else {
+        return None;
+    };
+    listeners.iter().find_map(|l| {
+        let is_http = l.get("type").and_then(Value::as_str) == Some("http");
+        let tls = l.get("tls").and_then(Value::as_bool).unwrap_or(false);
+        let port = l
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())?;
+        if !is_http || tls || port == 0 {
+            return None;
+        }
+        let mut binds: Vec<String> = match (l.get("bind_addresses"), l.get("bind_address")) {
+            (Some(Value::Sequence(v)), _) => v.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            (_, Some(Value::String(s))) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        if binds.is_empty() {
+            binds = vec!["::".into(), "0.0.0.0".into()];
+        }
+        let mut hosts: Vec<IpAddr> = Vec::new();
+        for b in binds {
+            let host = match b.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Ok(IpAddr::V6(a)) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                Ok(a) => a,
+                Err(_) => continue, // a host name: not ours to resolve
+            };
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        // IPv4 loopback first: it answers wherever Synapse listens on `::` with dual stack too
+        hosts.sort_by_key(|h| !h.is_ipv4());
+        (!hosts.is_empty()).then_some(HttpListener { port, hosts })
+    })
 }
 
 /// The files Synapse would read for these `-c` paths, in order.
@@ -258,6 +330,31 @@ mod tests {
             SynapseConfig::load(&[p]),
             Err(ConfigError::NoServerName { .. })
         ));
+    }
+
+    #[test]
+    fn finds_the_first_plain_http_listener() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "h.yaml",
+            "server_name: x\nlisteners:\n  - {port: 8448, type: http, tls: true}\n  - {port: 9000, type: metrics}\n  - {port: 8008, type: http, bind_addresses: ['::', '0.0.0.0']}\n",
+        );
+        let l = SynapseConfig::load(&[p]).unwrap().listener.unwrap();
+        assert_eq!(l.port, 8008);
+        assert_eq!(l.url(), "http://127.0.0.1:8008");
+        assert_eq!(l.addrs().len(), 2);
+        let p = write(d.path(), "n.yaml", "server_name: x\n");
+        assert_eq!(SynapseConfig::load(&[p]).unwrap().listener, None);
+        let p = write(
+            d.path(),
+            "b.yaml",
+            "server_name: x\nlisteners: [{port: 8080, type: http, bind_addresses: ['10.1.2.3']}]\n",
+        );
+        assert_eq!(
+            SynapseConfig::load(&[p]).unwrap().listener.unwrap().url(),
+            "http://10.1.2.3:8080"
+        );
     }
 
     #[test]

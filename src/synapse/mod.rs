@@ -2,6 +2,8 @@
 //! to snapshot its SQLite database while it runs, and how to stop and start it.
 
 pub mod config;
+pub mod health;
+pub mod lock;
 pub mod service;
 pub mod sqlite;
 

@@ -1,0 +1,555 @@
+//! Putting staged data into place so that a restore killed at any instant leaves every target
+//! either old or new, never absent, and the next command can tell which.
+//!
+//! Before the first rename, a journal beside the data (next to the signing key) lists every
+//! target: its live path, its staged copy and where the live one goes aside (inside the staging
+//! directory, same filesystem). Each target is then two renames: live → aside, staged → live. The
+//! journal's phase says how far the swap got:
+//!
+//! - `swapping`: renames may be half done. Recovery rolls back: each target is inspected (its staged
+//!   copy gone means it was installed), so the undo is right whichever rename the kill interrupted.
+//! - `swapped`: every target is new; the previous data waits in the staging directories until the
+//!   restore is committed (Synapse answered its health check) or rolled back.
+//!
+//! Renames are made durable (the directories synced) before the phase changes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ArchiveError;
+use crate::synapse::{Database, SynapseConfig};
+
+pub const JOURNAL_NAME: &str = ".synapse-backup-restore.journal";
+/// Staging directories are `<dir>/.synapse-backup-restore-<backup id>`.
+pub const STAGING_PREFIX: &str = ".synapse-backup-restore-";
+
+/// One live path replaced by its staged copy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub live: PathBuf,
+    pub staged: PathBuf,
+    pub aside: PathBuf,
+    /// Files that go aside with it and are not replaced: a database's stale `-wal` and `-shm`.
+    #[serde(default)]
+    pub companions: Vec<Companion>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Companion {
+    pub live: PathBuf,
+    pub aside: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Swapping,
+    Swapped,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Journal {
+    pub backup_id: String,
+    pub phase: Phase,
+    pub targets: Vec<Target>,
+    /// The staging directories: they hold the previous data once swapped, the new data before.
+    pub staging: Vec<PathBuf>,
+}
+
+/// Where this Synapse's restore journal is.
+pub fn journal_path(cfg: &SynapseConfig) -> PathBuf {
+    cfg.signing_key_path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(JOURNAL_NAME)
+}
+
+/// The directories a restore stages into (the parents of its targets).
+pub fn staging_parents(cfg: &SynapseConfig) -> Vec<PathBuf> {
+    let mut dirs = vec![
+        cfg.signing_key_path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        cfg.media_store_path.clone(),
+    ];
+    if let Database::Sqlite(db) = &cfg.database {
+        dirs.push(db.parent().unwrap_or(Path::new("/")).to_path_buf());
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+impl Journal {
+    pub fn read(path: &Path) -> Result<Option<Journal>, ArchiveError> {
+        let text = match fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ArchiveError::io(
+                    format!("cannot read the restore journal {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        serde_json::from_slice(&text).map(Some).map_err(|e| {
+            ArchiveError::Refused(format!(
+                "the restore journal {} is not readable ({e}); check the data beside it and remove the journal by hand",
+                path.display()
+            ))
+        })
+    }
+
+    /// Written whole or not at all (a temporary file renamed over it), and synced.
+    fn write(&self, path: &Path) -> Result<(), ArchiveError> {
+        let tmp = path.with_extension("journal.tmp");
+        let body = serde_json::to_vec_pretty(self).map_err(|e| ArchiveError::write(path, io::Error::other(e)))?;
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            sync_dir(path.parent().unwrap_or(Path::new("/")))
+        })();
+        written.map_err(|e| ArchiveError::write(path, e))
+    }
+
+    /// Every staged copy must exist before the first rename: rollback reads "staged copy gone" as
+    /// "installed".
+    fn check(&self) -> Result<(), ArchiveError> {
+        for t in &self.targets {
+            if t.staged.symlink_metadata().is_err() {
+                return Err(ArchiveError::io(
+                    "swapping the restored data in",
+                    io::Error::other(format!("the staged copy {} is missing", t.staged.display())),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A swap whose every target is new; the previous data is still on disk.
+#[must_use]
+#[derive(Debug)]
+pub struct Swapped {
+    journal: Journal,
+    path: PathBuf,
+}
+
+/// Moves every target into place. On failure, everything is put back and the error says so.
+pub fn swap(
+    journal_path: &Path,
+    backup_id: &str,
+    targets: Vec<Target>,
+    staging: Vec<PathBuf>,
+) -> Result<Swapped, ArchiveError> {
+    let mut journal = Journal {
+        backup_id: backup_id.to_string(),
+        phase: Phase::Swapping,
+        targets,
+        staging,
+    };
+    journal.check()?;
+    journal.write(journal_path)?;
+    let mut hook = TestHooks::from_env();
+    if let Err(e) = forward(&journal, &mut hook) {
+        return Err(match rollback(journal_path, &journal) {
+            Ok(()) => e,
+            Err(undo) => ArchiveError::Refused(format!("{e}; and putting the previous data back failed: {undo}")),
+        });
+    }
+    journal.phase = Phase::Swapped;
+    if let Err(e) = journal.write(journal_path) {
+        // still `swapping` on disk: a later recovery would roll back, so do it now
+        let undo = rollback(journal_path, &journal);
+        return Err(match undo {
+            Ok(()) => e,
+            Err(undo) => ArchiveError::Refused(format!("{e}; and putting the previous data back failed: {undo}")),
+        });
+    }
+    hook.after_swap();
+    Ok(Swapped {
+        journal,
+        path: journal_path.to_path_buf(),
+    })
+}
+
+fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> {
+    let mut synced: Vec<PathBuf> = Vec::new();
+    for t in &journal.targets {
+        if let Some(dir) = t.aside.parent() {
+            fs::create_dir_all(dir).map_err(|e| ArchiveError::write(dir, e))?;
+        }
+        let moves = std::iter::once((&t.live, &t.aside)).chain(t.companions.iter().map(|c| (&c.live, &c.aside)));
+        for (live, aside) in moves {
+            if live.symlink_metadata().is_ok() {
+                hook.before_rename();
+                fs::rename(live, aside).map_err(|e| ArchiveError::write(live, e))?;
+            }
+        }
+        hook.before_rename();
+        fs::rename(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+        hook.after_install()?;
+        for dir in [t.live.parent(), t.staged.parent()].into_iter().flatten() {
+            if !synced.iter().any(|d| d == dir) {
+                synced.push(dir.to_path_buf());
+            }
+        }
+    }
+    for dir in synced {
+        sync_dir(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// Puts every target back as it was before the swap (whatever part of it happened), then removes
+/// the staging directories (they now hold the restored copies) and the journal. On a rename that
+/// fails, the journal stays so that a later run can finish the job.
+fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
+    let mut failed = Vec::new();
+    let rename = |from: &Path, to: &Path, failed: &mut Vec<String>| {
+        if let Err(e) = fs::rename(from, to) {
+            failed.push(format!("{} (still at {}: {e})", to.display(), from.display()));
+        }
+    };
+    for t in journal.targets.iter().rev() {
+        let installed = t.staged.symlink_metadata().is_err();
+        if installed {
+            if t.live.symlink_metadata().is_ok() {
+                rename(&t.live, &t.staged, &mut failed);
+            }
+            // a -wal or -shm here now belongs to the restored database: it goes with it
+            for c in &t.companions {
+                if c.live.symlink_metadata().is_ok() {
+                    rename(&c.live, &staged_companion(&t.staged, &c.live), &mut failed);
+                }
+            }
+        }
+        let moved = std::iter::once((&t.live, &t.aside)).chain(t.companions.iter().map(|c| (&c.live, &c.aside)));
+        for (live, aside) in moved {
+            match (aside.symlink_metadata().is_ok(), live.symlink_metadata().is_ok()) {
+                (true, false) => rename(aside, live, &mut failed),
+                // made after the swap stopped (a Synapse started on the half-swapped directory
+                // makes a fresh database): neither copy is ours to drop
+                (true, true) => failed.push(format!(
+                    "{} was created after the restore was interrupted; the data it replaced is at {}",
+                    live.display(),
+                    aside.display()
+                )),
+                _ => {}
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join(", "));
+    }
+    for dir in journal.targets.iter().filter_map(|t| t.live.parent()) {
+        let _ = sync_dir(dir);
+    }
+    remove_dirs(&journal.staging);
+    let _ = fs::remove_file(journal_path);
+    Ok(())
+}
+
+fn staged_companion(staged: &Path, live: &Path) -> PathBuf {
+    let name = live.file_name().unwrap_or_default();
+    staged.with_file_name(name)
+}
+
+impl Swapped {
+    pub fn backup_id(&self) -> &str {
+        &self.journal.backup_id
+    }
+
+    /// The restore is done: the previous data goes, then the journal.
+    pub fn commit(self) {
+        commit(&self.path, &self.journal);
+    }
+
+    /// The restored data is not wanted (Synapse did not start on it): the previous data comes back.
+    pub fn rollback(self) -> Result<(), String> {
+        rollback(&self.path, &self.journal)
+    }
+
+    /// Leaves the previous data on disk for the operator; the journal stays `swapped`.
+    pub fn keep(self) -> Vec<PathBuf> {
+        self.journal.staging
+    }
+}
+
+fn commit(journal_path: &Path, journal: &Journal) {
+    remove_dirs(&journal.staging);
+    let _ = fs::remove_file(journal_path);
+}
+
+fn remove_dirs(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if let Err(e) = fs::remove_dir_all(dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// What recovery found of an earlier restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// It was killed mid-swap; every target is back to the data it replaced.
+    RolledBack { backup_id: String },
+    /// It swapped everything in; the previous data is still kept (in `previous`).
+    Swapped { backup_id: String, previous: Vec<PathBuf> },
+}
+
+impl Found {
+    pub fn describe(&self) -> String {
+        match self {
+            Found::RolledBack { backup_id } => format!(
+                "an interrupted restore of {backup_id} was found half swapped and rolled back: Synapse's data is as it was before that restore"
+            ),
+            Found::Swapped { backup_id, previous } => format!(
+                "the data of backup {backup_id} is in place and the data it replaced is kept in {} (`synapse-backup recover --commit` drops it, `recover --rollback` puts it back)",
+                previous.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// Finds the journal of an interrupted restore; rolls a half swap back. A full swap is left as it
+/// is (see [`commit_pending`] and [`rollback_pending`]).
+pub fn recover(cfg: &SynapseConfig) -> Result<Option<Found>, ArchiveError> {
+    let path = journal_path(cfg);
+    let Some(journal) = Journal::read(&path)? else {
+        return Ok(None);
+    };
+    match journal.phase {
+        Phase::Swapping => {
+            rollback(&path, &journal).map_err(|e| {
+                ArchiveError::Refused(format!(
+                    "an interrupted restore of {} could not be rolled back: {e}; the journal {} says what goes where",
+                    journal.backup_id,
+                    path.display()
+                ))
+            })?;
+            Ok(Some(Found::RolledBack {
+                backup_id: journal.backup_id,
+            }))
+        }
+        Phase::Swapped => Ok(Some(Found::Swapped {
+            backup_id: journal.backup_id,
+            previous: journal.staging,
+        })),
+    }
+}
+
+/// Drops the previous data a finished restore kept; the backup id, if there was one.
+pub fn commit_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveError> {
+    let path = journal_path(cfg);
+    match Journal::read(&path)? {
+        Some(j) if j.phase == Phase::Swapped => {
+            commit(&path, &j);
+            Ok(Some(j.backup_id))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Puts back the data a finished restore replaced (its previous data is still kept).
+pub fn rollback_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveError> {
+    let path = journal_path(cfg);
+    match Journal::read(&path)? {
+        Some(j) => {
+            rollback(&path, &j).map_err(|e| {
+                ArchiveError::Refused(format!("rolling back the restore of {} failed: {e}", j.backup_id))
+            })?;
+            Ok(Some(j.backup_id))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Removes staging directories no journal needs (left by a restore killed before its swap);
+/// what it removed.
+pub fn remove_stale_staging(cfg: &SynapseConfig) -> Result<Vec<PathBuf>, ArchiveError> {
+    let keep = Journal::read(&journal_path(cfg))?
+        .map(|j| j.staging)
+        .unwrap_or_default();
+    let mut removed = Vec::new();
+    for dir in staging_parents(cfg) {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_staging = name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX));
+            let path = entry.path();
+            if !is_staging || keep.contains(&path) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            fs::remove_dir_all(&path).map_err(|e| ArchiveError::write(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Failure injection for the tests, compiled into debug builds only:
+/// `SYNAPSE_BACKUP_TEST_KILL_AT_RENAME=N` kills the process (SIGKILL: no cleanup runs) just before
+/// the swap's N-th rename (N past the last: just after the swap); `SYNAPSE_BACKUP_TEST_FAIL_SWAP`
+/// makes the swap fail after its first installed target.
+struct TestHooks {
+    #[cfg(debug_assertions)]
+    kill_at: Option<u32>,
+    #[cfg(debug_assertions)]
+    renames: u32,
+    #[cfg(debug_assertions)]
+    fail_swap: bool,
+}
+
+pub const KILL_AT_RENAME_ENV: &str = "SYNAPSE_BACKUP_TEST_KILL_AT_RENAME";
+pub const FAIL_SWAP_ENV: &str = "SYNAPSE_BACKUP_TEST_FAIL_SWAP";
+
+impl TestHooks {
+    #[cfg(debug_assertions)]
+    fn from_env() -> Self {
+        TestHooks {
+            kill_at: std::env::var(KILL_AT_RENAME_ENV).ok().and_then(|v| v.parse().ok()),
+            renames: 0,
+            fail_swap: std::env::var_os(FAIL_SWAP_ENV).is_some(),
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    fn from_env() -> Self {
+        TestHooks {}
+    }
+
+    fn before_rename(&mut self) {
+        #[cfg(debug_assertions)]
+        {
+            self.renames += 1;
+            if self.kill_at == Some(self.renames) {
+                kill_self();
+            }
+        }
+    }
+
+    fn after_swap(&mut self) {
+        #[cfg(debug_assertions)]
+        if self.kill_at == Some(self.renames + 1) {
+            kill_self();
+        }
+    }
+
+    fn after_install(&mut self) -> Result<(), ArchiveError> {
+        #[cfg(debug_assertions)]
+        if self.fail_swap {
+            return Err(ArchiveError::io(
+                "swapping the restored data in",
+                io::Error::other("failure injected by the test hook"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(debug_assertions)]
+fn kill_self() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::process::abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir with an old database (+ wal), an old key, and their staged copies.
+    fn layout(d: &Path) -> (PathBuf, Vec<Target>, Vec<PathBuf>) {
+        let staging = d.join(".synapse-backup-restore-b");
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(d.join("db"), "old db").unwrap();
+        fs::write(d.join("db-wal"), "old wal").unwrap();
+        fs::write(d.join("key"), "old key").unwrap();
+        fs::write(staging.join("db"), "new db").unwrap();
+        fs::write(staging.join("key"), "new key").unwrap();
+        let targets = vec![
+            Target {
+                live: d.join("db"),
+                staged: staging.join("db"),
+                aside: staging.join("previous/db"),
+                companions: vec![Companion {
+                    live: d.join("db-wal"),
+                    aside: staging.join("previous/db-wal"),
+                }],
+            },
+            Target {
+                live: d.join("key"),
+                staged: staging.join("key"),
+                aside: staging.join("previous/key"),
+                companions: vec![],
+            },
+        ];
+        (d.join(JOURNAL_NAME), targets, vec![staging])
+    }
+
+    fn read(p: PathBuf) -> String {
+        fs::read_to_string(p).unwrap_or_else(|_| "absent".into())
+    }
+
+    #[test]
+    fn rollback_after_any_prefix_of_renames_gives_the_old_data() {
+        // 5 renames: db aside, wal aside, db in, key aside, key in
+        for done in 0..=5 {
+            let d = tempfile::tempdir().unwrap();
+            let (jpath, targets, staging) = layout(d.path());
+            let journal = Journal {
+                backup_id: "b".into(),
+                phase: Phase::Swapping,
+                targets: targets.clone(),
+                staging,
+            };
+            journal.write(&jpath).unwrap();
+            let steps: Vec<(&Path, &Path)> = vec![
+                (&targets[0].live, &targets[0].aside),
+                (&targets[0].companions[0].live, &targets[0].companions[0].aside),
+                (&targets[0].staged, &targets[0].live),
+                (&targets[1].live, &targets[1].aside),
+                (&targets[1].staged, &targets[1].live),
+            ];
+            fs::create_dir_all(targets[0].aside.parent().unwrap()).unwrap();
+            for (from, to) in steps.iter().take(done) {
+                fs::rename(from, to).unwrap();
+            }
+            if done >= 3 {
+                // Synapse may have run on the new database: its own WAL appears
+                fs::write(d.path().join("db-wal"), "new wal").unwrap();
+            }
+            rollback(&jpath, &journal).unwrap();
+            assert_eq!(read(d.path().join("db")), "old db", "after {done} renames");
+            assert_eq!(read(d.path().join("db-wal")), "old wal", "after {done} renames");
+            assert_eq!(read(d.path().join("key")), "old key", "after {done} renames");
+            assert!(!jpath.exists() && !d.path().join(".synapse-backup-restore-b").exists());
+        }
+    }
+
+    #[test]
+    fn swap_then_commit_or_rollback() {
+        let d = tempfile::tempdir().unwrap();
+        let (jpath, targets, staging) = layout(d.path());
+        let s = swap(&jpath, "b", targets.clone(), staging.clone()).unwrap();
+        assert_eq!(read(d.path().join("db")), "new db");
+        assert!(!d.path().join("db-wal").exists());
+        assert_eq!(Journal::read(&jpath).unwrap().unwrap().phase, Phase::Swapped);
+        s.rollback().unwrap();
+        assert_eq!(read(d.path().join("db")), "old db");
+        assert_eq!(read(d.path().join("db-wal")), "old wal");
+
+        let (jpath, targets, staging) = layout(d.path());
+        swap(&jpath, "b", targets, staging).unwrap().commit();
+        assert_eq!(read(d.path().join("key")), "new key");
+        assert!(!jpath.exists() && !d.path().join(".synapse-backup-restore-b").exists());
+    }
+}

@@ -1,0 +1,150 @@
+//! What an interrupted or unfinished restore left, dealt with before any command touches this
+//! Synapse again: a half swap is rolled back, a finished one's kept previous data is dropped once
+//! the next command succeeds, and staging directories no journal needs are removed.
+//!
+//! Also the `recover` command itself (`--commit` drops kept previous data now, `--rollback` puts it
+//! back), which the charm runs on every hook.
+
+use std::time::Duration;
+
+use crate::archive::swap::{self, Found};
+use crate::error::Error;
+use crate::synapse::health;
+use crate::synapse::lock::Lock;
+use crate::synapse::service::ServiceControl;
+use crate::synapse::SynapseConfig;
+
+/// How long a stopped Synapse may keep answering before we call the stop a failure.
+pub const STOP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refuses while Synapse answers on its listener: its data must not change under it.
+pub fn refuse_if_running(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> Result<(), Error> {
+    let Some(listener) = &cfg.listener else {
+        return Ok(());
+    };
+    if health::probe(listener).is_listening() {
+        return Err(Error::Refused(format!(
+            "Synapse is answering on {}: {what} would replace its data while it runs; stop it first, or {how_to_stop}",
+            listener.url()
+        )));
+    }
+    Ok(())
+}
+
+/// Rolls back a half swap (refused while Synapse runs on the half-swapped data); reports a
+/// finished one that still keeps its previous data.
+fn find(cfg: &SynapseConfig) -> Result<Option<Found>, Error> {
+    if let Some(j) = swap::Journal::read(&swap::journal_path(cfg))? {
+        if j.phase == swap::Phase::Swapping {
+            refuse_if_running(
+                cfg,
+                &format!("rolling back the interrupted restore of {}", j.backup_id),
+                "run `synapse-backup recover` once it is stopped",
+            )?;
+        }
+    }
+    Ok(swap::recover(cfg)?)
+}
+
+/// Before a command that reads or replaces this Synapse's data: what it found, as notes.
+/// `supersede`: a new restore drops a finished restore's kept previous data at once.
+pub fn before(cfg: &SynapseConfig, supersede: bool) -> Result<Vec<String>, Error> {
+    let mut notes = Vec::new();
+    match find(cfg)? {
+        Some(found @ Found::RolledBack { .. }) => notes.push(found.describe()),
+        Some(Found::Swapped { backup_id, .. }) if supersede => {
+            swap::commit_pending(cfg)?;
+            notes.push(format!("dropped the data that the restore of {backup_id} had replaced"));
+        }
+        _ => {}
+    }
+    for dir in swap::remove_stale_staging(cfg)? {
+        notes.push(format!("removed {}, left by an interrupted restore", dir.display()));
+    }
+    for note in &notes {
+        tracing::warn!("{note}");
+    }
+    Ok(notes)
+}
+
+/// After a command succeeded: a finished restore's kept previous data is no longer needed.
+pub fn after_success(cfg: &SynapseConfig) -> Vec<String> {
+    match swap::commit_pending(cfg) {
+        Ok(Some(id)) => vec![format!("dropped the data that the restore of {id} had replaced")],
+        Ok(None) => Vec::new(),
+        Err(e) => vec![format!("could not drop the data an earlier restore replaced: {e}")],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Roll back a half swap; leave a finished one as it is.
+    Check,
+    /// Also drop the previous data a finished restore kept.
+    Commit,
+    /// Put back the previous data a finished restore kept (stopping Synapse around it).
+    Rollback,
+}
+
+pub struct Recover<'a> {
+    pub synapse: &'a SynapseConfig,
+    pub service: &'a dyn ServiceControl,
+    pub mode: Mode,
+}
+
+impl Recover<'_> {
+    /// What was found and done, one sentence each (empty: nothing to recover).
+    pub fn run(&self) -> Result<Vec<String>, Error> {
+        let cfg = self.synapse;
+        let _lock = Lock::acquire(cfg, "recover")?;
+        let rolled_back_half =
+            matches!(swap::Journal::read(&swap::journal_path(cfg))?, Some(j) if j.phase == swap::Phase::Swapping);
+        let mut said = before(cfg, false)?;
+        if rolled_back_half {
+            // a restore stops Synapse before it swaps: it is ours to start again
+            self.start_after_rollback(&mut said);
+        }
+        let Some(Found::Swapped { backup_id, previous }) = swap::recover(cfg)? else {
+            return Ok(said);
+        };
+        match self.mode {
+            Mode::Check => said.push(Found::Swapped { backup_id, previous }.describe()),
+            Mode::Commit => {
+                swap::commit_pending(cfg)?;
+                said.push(format!("dropped the data that the restore of {backup_id} had replaced"));
+            }
+            Mode::Rollback => {
+                let service = self.service.describe();
+                if service == "none" {
+                    refuse_if_running(cfg, "the rollback", "pass --service to have it stopped")?;
+                }
+                self.service.stop().map_err(|e| {
+                    Error::Refused(format!("could not stop Synapse ({service}), nothing was changed: {e}"))
+                })?;
+                if let Some(l) = &cfg.listener {
+                    if let Err(e) = health::wait_down(l, STOP_CONFIRM_TIMEOUT) {
+                        let _ = self.service.start();
+                        return Err(Error::Refused(format!("{e}; nothing was changed")));
+                    }
+                }
+                swap::rollback_pending(cfg)?;
+                said.push(format!(
+                    "put back the data that the restore of {backup_id} had replaced"
+                ));
+                self.start_after_rollback(&mut said);
+            }
+        }
+        Ok(said)
+    }
+
+    fn start_after_rollback(&self, said: &mut Vec<String>) {
+        let service = self.service.describe();
+        if service == "none" {
+            return;
+        }
+        match self.service.start() {
+            Ok(()) => said.push(format!("started Synapse ({service})")),
+            Err(e) => said.push(format!("Synapse could not be started ({service}): {e}")),
+        }
+    }
+}
