@@ -63,6 +63,8 @@ impl Server {
             .arg(&self.store)
             .args(["restore", &self.id, "--service", service])
             .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
+            // the stand-ins serve no HTTP: the health check has its own tests below
+            .env("SYNAPSE_BACKUP_HEALTH_TIMEOUT", "0")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -175,8 +177,9 @@ fn pebbles_own_error_is_reported_when_it_cannot_stop_synapse() {
 }
 
 #[test]
-fn a_start_that_fails_says_so_after_restoring() {
+fn a_start_that_fails_puts_the_previous_data_back() {
     let s = server();
+    let before = backed_up_state(&s.data);
     let pebble = s.pebble();
     pebble.fail(
         "start",
@@ -185,13 +188,166 @@ fn a_start_that_fails_says_so_after_restoring() {
     let r = s.restore(&pebble.spec("synapse"), &[]);
     assert!(!r.ok);
     assert!(
-        r.stderr.contains("restored but Synapse could not be started")
-            && r.stderr.contains("exited quickly with code 1"),
+        r.stderr
+            .contains("the restored data did not start: Synapse could not be started")
+            && r.stderr.contains("exited quickly with code 1")
+            && r.stderr.contains("the previous data is back"),
         "{}",
         r.stderr
     );
-    assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
+    assert_eq!(
+        pebble.events(),
+        ["stop synapse", "start synapse", "stop synapse", "start synapse"]
+    );
+    assert_eq!(backed_up_state(&s.data), before);
+    assert!(!staging_exists(&s.data));
+}
+
+/// A Synapse's listener: bound and answering `GET /health` while `up` is set, closed otherwise
+/// (connections refused, as when Synapse is stopped). The config's listener points at it.
+struct HealthStandIn {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HealthStandIn {
+    fn serve(config: &Path) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let yaml = fs::read_to_string(config).unwrap();
+        assert!(yaml.contains("port: 8008"), "{yaml}");
+        let yaml = yaml.replace(
+            "port: 8008",
+            &format!("port: {port}\n    bind_addresses: ['127.0.0.1']"),
+        );
+        fs::write(config, yaml).unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let serving = up.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut bound: Option<std::net::TcpListener> = None;
+            loop {
+                match (serving.load(SeqCst), &bound) {
+                    (true, None) => {
+                        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+                        l.set_nonblocking(true).unwrap();
+                        bound = Some(l);
+                    }
+                    (false, Some(_)) => bound = None,
+                    _ => {}
+                }
+                match bound.as_ref().map(|l| l.accept()) {
+                    Some(Ok((mut conn, _))) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let mut buf = [0u8; 1024];
+                        let _ = conn.read(&mut buf);
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+                    }
+                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        HealthStandIn { up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_synapse_that_does_not_answer_its_health_check_gets_its_previous_data_back() {
+    let s = server();
+    let before = backed_up_state(&s.data);
+    let health = std::sync::Arc::new(HealthStandIn::serve(&s.config));
+    let pebble = s.pebble();
+    // Synapse answers on the previous data (the changed live key) and never on the restored one
+    let (data, h) = (s.data.clone(), health.clone());
+    pebble.observe(move |action| {
+        let key = fs::read_to_string(data.join("example.com.signing.key")).unwrap_or_default();
+        h.set(action == "start" && key == NEW_KEY);
+        format!("{action}: {}", if key == NEW_KEY { "previous" } else { "restored" })
+    });
+    health.set(true);
+    let r = s.restore(&pebble.spec("synapse"), &[("SYNAPSE_BACKUP_HEALTH_TIMEOUT", "2")]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("the restored data did not start: Synapse did not answer GET /health")
+            && r.stderr.contains("within 2s")
+            && r.stderr.contains("the previous data is back and Synapse is running"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        pebble.observed(),
+        ["stop: previous", "start: restored", "stop: restored", "start: previous"]
+    );
+    assert_eq!(backed_up_state(&s.data), before);
+    assert!(!staging_exists(&s.data));
+}
+
+#[test]
+fn the_previous_data_goes_only_once_synapse_answers() {
+    let s = server();
+    let health = std::sync::Arc::new(HealthStandIn::serve(&s.config));
+    let pebble = s.pebble();
+    let (data, h) = (s.data.clone(), health.clone());
+    pebble.observe(move |action| {
+        h.set(action == "start");
+        format!(
+            "{action}: {}",
+            if staging_exists(&data) {
+                "staging dir"
+            } else {
+                "no staging dir"
+            }
+        )
+    });
+    let r = s.restore(&pebble.spec("synapse"), &[("SYNAPSE_BACKUP_HEALTH_TIMEOUT", "10")]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(pebble.observed(), ["stop: staging dir", "start: staging dir"]);
+    assert!(!staging_exists(&s.data));
     assert_eq!(backed_up_state(&s.data), s.backed_up);
+}
+
+#[test]
+fn a_stop_that_does_not_take_changes_nothing() {
+    let s = server();
+    let before = backed_up_state(&s.data);
+    let _health = HealthStandIn::serve(&s.config); // answers whatever Pebble says
+    let pebble = s.pebble();
+    let r = s.restore(&pebble.spec("synapse"), &[]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("still answers on http://127.0.0.1:") && r.stderr.contains("nothing was restored"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pebble.events(), ["stop synapse"]);
+    assert_eq!(backed_up_state(&s.data), before);
+    assert!(!staging_exists(&s.data));
+}
+
+#[test]
+fn with_no_service_control_a_running_synapse_is_refused() {
+    let s = server();
+    let before = backed_up_state(&s.data);
+    let _health = HealthStandIn::serve(&s.config);
+    let r = s.restore("none", &[]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("Synapse is answering on http://127.0.0.1:")
+            && r.stderr.contains("stop it first")
+            && r.stderr.contains("--service"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(backed_up_state(&s.data), before);
+    assert!(!staging_exists(&s.data));
 }
 
 #[test]
@@ -220,11 +376,56 @@ fn no_pebble_listening_restores_nothing() {
 }
 
 #[test]
-fn none_restores_without_touching_any_service() {
+fn none_restores_and_keeps_the_previous_data_until_it_is_dropped() {
     let s = server();
     let r = s.restore("none", &[]);
     assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Synapse was not started") && r.stderr.contains("recover --commit"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.key(), s.backed_up_key);
+    assert!(staging_exists(&s.data), "the previous data is kept");
+    let recover = |args: &[&str]| -> Run {
+        Command::new(bin())
+            .arg("--synapse-config")
+            .arg(&s.config)
+            .arg("recover")
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let checked = recover(&[]);
+    assert!(
+        checked.ok && checked.stdout.contains("is in place"),
+        "{}",
+        checked.stdout
+    );
+    let dropped = recover(&["--commit"]);
+    assert!(dropped.ok && dropped.stdout.contains("dropped"), "{}", dropped.stdout);
+    assert!(!staging_exists(&s.data));
     assert_eq!(backed_up_state(&s.data), s.backed_up);
+    let nothing = recover(&[]);
+    assert!(nothing.stdout.contains("nothing to recover"), "{}", nothing.stdout);
+}
+
+#[test]
+fn none_then_rollback_puts_the_previous_data_back() {
+    let s = server();
+    let before = backed_up_state(&s.data);
+    assert!(s.restore("none", &[]).ok);
+    let r: Run = Command::new(bin())
+        .arg("--synapse-config")
+        .arg(&s.config)
+        .args(["recover", "--rollback"])
+        .output()
+        .unwrap()
+        .into();
+    assert!(r.ok && r.stdout.contains("put back"), "{} {}", r.stdout, r.stderr);
+    assert_eq!(backed_up_state(&s.data), before);
+    assert!(!staging_exists(&s.data));
 }
 
 #[test]
