@@ -587,6 +587,7 @@ fn every_action_end_to_end() {
     // stopped through Pebble only once everything is staged, and started again
     let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
     juju.config("synapse_service", json!(pebble.spec("synapse")));
+    juju.config("synapse_health_timeout", json!(0)); // the stand-in serves no HTTP
     common::wipe(&data);
     let restored = juju.action("restore-backup", json!({"backup-id": id}));
     assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
@@ -745,6 +746,7 @@ fn retention_after_create_and_a_restore_that_cannot_start_synapse() {
     let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
     pebble.fail("start", "cannot start service: exited quickly with code 1");
     juju.config("synapse_service", json!(pebble.spec("synapse")));
+    juju.config("synapse_health_timeout", json!(0));
     let before = common::backed_up_state(&data);
     let restored = juju.action("restore-backup", json!({"backup-id": second_id}));
     restored.assert_ok();
