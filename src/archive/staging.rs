@@ -507,6 +507,7 @@ impl Staged {
                 Target {
                     live: live.clone(),
                     staged: staged.clone(),
+                    staged_id: (0, 0), // read by the swap
                     aside: aside_of(live),
                     companions,
                 }

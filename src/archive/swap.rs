@@ -2,12 +2,15 @@
 //! either old or new, never absent, and the next command can tell which.
 //!
 //! Before the first rename, a journal beside the data (next to the signing key) lists every
-//! target: its live path, its staged copy and where the live one goes aside (inside the staging
-//! directory, same filesystem). Each target is then two renames: live → aside, staged → live. The
-//! journal's phase says how far the swap got:
+//! target: its live path, its staged copy and that copy's inode. Each target is then one atomic
+//! exchange (`renameat2(RENAME_EXCHANGE)`): the staged copy takes the live name and the live data
+//! takes the staged name, inside the staging directory, so at no instant is a target absent.
+//! (Where a filesystem cannot exchange, the live data is renamed aside first, then the staged copy
+//! in.) A database's stale `-wal`/`-shm` go aside just before it. The journal's phase says how far
+//! the swap got:
 //!
-//! - `swapping`: renames may be half done. Recovery rolls back: each target is inspected (its staged
-//!   copy gone means it was installed), so the undo is right whichever rename the kill interrupted.
+//! - `swapping`: renames may be half done. Recovery rolls back: a target whose live path holds the
+//!   staged copy's inode was installed, so the undo is right whichever rename the kill interrupted.
 //! - `swapped`: every target is new; the previous data waits in the staging directories until the
 //!   restore is committed (Synapse answered its health check) or rolled back.
 //!
@@ -15,7 +18,10 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,10 @@ pub const STAGING_PREFIX: &str = ".synapse-backup-restore-";
 pub struct Target {
     pub live: PathBuf,
     pub staged: PathBuf,
+    /// The staged copy's (device, inode): wherever it is found, it is the restored data.
+    #[serde(default)]
+    pub staged_id: (u64, u64),
+    /// Where the live data goes when the filesystem cannot exchange.
     pub aside: PathBuf,
     /// Files that go aside with it and are not replaced: a database's stale `-wal` and `-shm`.
     #[serde(default)]
@@ -115,18 +125,43 @@ impl Journal {
         written.map_err(|e| ArchiveError::write(path, e))
     }
 
-    /// Every staged copy must exist before the first rename: rollback reads "staged copy gone" as
-    /// "installed".
-    fn check(&self) -> Result<(), ArchiveError> {
-        for t in &self.targets {
-            if t.staged.symlink_metadata().is_err() {
-                return Err(ArchiveError::io(
+    /// Records each staged copy's identity, which rollback looks for at the live path.
+    fn identify(&mut self) -> Result<(), ArchiveError> {
+        for t in &mut self.targets {
+            t.staged_id = identity(&t.staged).ok_or_else(|| {
+                ArchiveError::io(
                     "swapping the restored data in",
                     io::Error::other(format!("the staged copy {} is missing", t.staged.display())),
-                ));
-            }
+                )
+            })?;
         }
         Ok(())
+    }
+}
+
+fn identity(p: &Path) -> Option<(u64, u64)> {
+    p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
+
+/// Swaps two paths atomically; `Ok(false)` where the filesystem cannot.
+fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if [
+                rustix::io::Errno::INVAL,
+                rustix::io::Errno::NOSYS,
+                rustix::io::Errno::OPNOTSUPP,
+            ]
+            .contains(&e) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -151,7 +186,7 @@ pub fn swap(
         targets,
         staging,
     };
-    journal.check()?;
+    journal.identify()?;
     journal.write(journal_path)?;
     let mut hook = TestHooks::from_env();
     if let Err(e) = forward(&journal, &mut hook) {
@@ -182,15 +217,21 @@ fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> 
         if let Some(dir) = t.aside.parent() {
             fs::create_dir_all(dir).map_err(|e| ArchiveError::write(dir, e))?;
         }
-        let moves = std::iter::once((&t.live, &t.aside)).chain(t.companions.iter().map(|c| (&c.live, &c.aside)));
-        for (live, aside) in moves {
-            if live.symlink_metadata().is_ok() {
+        for c in &t.companions {
+            if exists(&c.live) {
                 hook.before_rename();
-                fs::rename(live, aside).map_err(|e| ArchiveError::write(live, e))?;
+                fs::rename(&c.live, &c.aside).map_err(|e| ArchiveError::write(&c.live, e))?;
             }
         }
         hook.before_rename();
-        fs::rename(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+        let exchanged = exists(&t.live) && exchange(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+        if !exchanged {
+            if exists(&t.live) {
+                fs::rename(&t.live, &t.aside).map_err(|e| ArchiveError::write(&t.live, e))?;
+                hook.before_rename();
+            }
+            fs::rename(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+        }
         hook.after_install()?;
         for dir in [t.live.parent(), t.staged.parent()].into_iter().flatten() {
             if !synced.iter().any(|d| d == dir) {
@@ -215,14 +256,21 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
         }
     };
     for t in journal.targets.iter().rev() {
-        let installed = t.staged.symlink_metadata().is_err();
+        let installed = identity(&t.live) == Some(t.staged_id);
         if installed {
-            if t.live.symlink_metadata().is_ok() {
+            if exists(&t.staged) {
+                // exchanged: the previous data is at the staged name
+                match exchange(&t.live, &t.staged) {
+                    Ok(true) => {}
+                    Ok(false) => failed.push(format!("{} (cannot be exchanged back)", t.live.display())),
+                    Err(e) => failed.push(format!("{} (still at {}: {e})", t.live.display(), t.staged.display())),
+                }
+            } else {
                 rename(&t.live, &t.staged, &mut failed);
             }
             // a -wal or -shm here now belongs to the restored database: it goes with it
             for c in &t.companions {
-                if c.live.symlink_metadata().is_ok() {
+                if exists(&c.live) {
                     rename(&c.live, &staged_companion(&t.staged, &c.live), &mut failed);
                 }
             }
@@ -253,8 +301,11 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a restored database's own `-wal`/`-shm` go on rollback: beside its staged copy, under a
+/// name the swap never uses.
 fn staged_companion(staged: &Path, live: &Path) -> PathBuf {
-    let name = live.file_name().unwrap_or_default();
+    let mut name = std::ffi::OsString::from("discarded-");
+    name.push(live.file_name().unwrap_or_default());
     staged.with_file_name(name)
 }
 
@@ -479,6 +530,7 @@ mod tests {
             Target {
                 live: d.join("db"),
                 staged: staging.join("db"),
+                staged_id: (0, 0),
                 aside: staging.join("previous/db"),
                 companions: vec![Companion {
                     live: d.join("db-wal"),
@@ -488,6 +540,7 @@ mod tests {
             Target {
                 live: d.join("key"),
                 staged: staging.join("key"),
+                staged_id: (0, 0),
                 aside: staging.join("previous/key"),
                 companions: vec![],
             },
@@ -501,7 +554,7 @@ mod tests {
 
     #[test]
     fn rollback_after_any_prefix_of_renames_gives_the_old_data() {
-        // 5 renames: db aside, wal aside, db in, key aside, key in
+        // 5 renames: wal aside, db aside, db in, key aside, key in
         for done in 0..=5 {
             let d = tempfile::tempdir().unwrap();
             let (jpath, targets, staging) = layout(d.path());
@@ -512,9 +565,14 @@ mod tests {
                 staging,
             };
             journal.write(&jpath).unwrap();
+            let mut journal = journal;
+            journal.identify().unwrap();
+            journal.write(&jpath).unwrap();
+            let targets = &journal.targets;
+            // the fallback's renames (aside, then in); an exchange is the last two in one step
             let steps: Vec<(&Path, &Path)> = vec![
-                (&targets[0].live, &targets[0].aside),
                 (&targets[0].companions[0].live, &targets[0].companions[0].aside),
+                (&targets[0].live, &targets[0].aside),
                 (&targets[0].staged, &targets[0].live),
                 (&targets[1].live, &targets[1].aside),
                 (&targets[1].staged, &targets[1].live),
@@ -540,6 +598,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (jpath, targets, staging) = layout(d.path());
         let s = swap(&jpath, "b", targets.clone(), staging.clone()).unwrap();
+        // exchanged: the previous database is at the staged name
+        assert_eq!(read(d.path().join(".synapse-backup-restore-b/db")), "old db");
         assert_eq!(read(d.path().join("db")), "new db");
         assert!(!d.path().join("db-wal").exists());
         assert_eq!(Journal::read(&jpath).unwrap().unwrap().phase, Phase::Swapped);
