@@ -7,19 +7,36 @@
 //! ```text
 //! cargo xtask pack [--binary PATH] [--output FILE.charm]
 //! ```
+//!
+//! `cargo xtask fixture …`: fixture Synapse trees for the tests and benchmarks (see
+//! [`xtask::fixture`]):
+//!
+//! ```text
+//! cargo xtask fixture make DIR [--size 64M] [--profile mixed|small] [--server-name example.com]
+//!                              [--seed 1] [--events 20000] [--small-files 0]
+//! cargo xtask fixture churn DIR [--seconds 10]    write to homeserver.db like a live server; prints the count
+//! cargo xtask fixture digest DIR                  one line per file: sha256 size relpath
+//! ```
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use xtask::fixture;
+
 /// The bases the charm declares: (Ubuntu channel, the glibc it ships).
 const BASES: [(&str, (u32, u32)); 2] = [("22.04", (2, 35)), ("24.04", (2, 39))];
 const CHARM_FILES: [&str; 3] = ["metadata.yaml", "config.yaml", "actions.yaml"];
-const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--output FILE.charm]";
+const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--output FILE.charm]
+       cargo xtask fixture make DIR [--size 64M] [--profile mixed|small] [--server-name example.com] \
+[--seed 1] [--events 20000] [--small-files N]
+       cargo xtask fixture churn DIR [--seconds 10]
+       cargo xtask fixture digest DIR";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -34,9 +51,13 @@ fn main() -> ExitCode {
 fn run(args: Vec<String>) -> Result<(), String> {
     let mut args = args.into_iter();
     match args.next().as_deref() {
-        Some("pack") => {}
-        _ => return Err(USAGE.into()),
+        Some("pack") => pack_command(args),
+        Some("fixture") => fixture_command(args),
+        _ => Err(USAGE.into()),
     }
+}
+
+fn pack_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("xtask is not inside the repository")?
@@ -59,6 +80,87 @@ fn run(args: Vec<String>) -> Result<(), String> {
     check_binary(&bytes)?;
     pack(&root, &bytes, &output)?;
     println!("{}", output.display());
+    Ok(())
+}
+
+/// `fixture make|churn|digest DIR [--option VALUE]…` (also `--option=VALUE`).
+fn fixture_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+    let command = args.next().ok_or(USAGE)?;
+    let allowed: &[&str] = match command.as_str() {
+        "make" => &[
+            "--size",
+            "--profile",
+            "--server-name",
+            "--seed",
+            "--events",
+            "--small-files",
+        ],
+        "churn" => &["--seconds"],
+        "digest" => &[],
+        _ => return Err(format!("unknown fixture command {command:?}\n{USAGE}")),
+    };
+    let mut dir = None;
+    let mut options: Vec<(String, String)> = Vec::new();
+    while let Some(arg) = args.next() {
+        if let Some(flag) = arg.strip_prefix("--") {
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (format!("--{name}"), value.to_string()),
+                None => (
+                    arg.clone(),
+                    args.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))?,
+                ),
+            };
+            if !allowed.contains(&name.as_str()) {
+                return Err(format!("fixture {command}: unknown option {name}\n{USAGE}"));
+            }
+            options.push((name, value));
+        } else if dir.is_none() {
+            dir = Some(PathBuf::from(arg));
+        } else {
+            return Err(format!("unexpected argument {arg:?}\n{USAGE}"));
+        }
+    }
+    let dir = dir.ok_or_else(|| format!("fixture {command}: DIR is missing\n{USAGE}"))?;
+    let number = |name: &str, value: &str| -> Result<u64, String> {
+        value
+            .parse()
+            .map_err(|_| format!("{name}: not a whole number: {value:?}"))
+    };
+    match command.as_str() {
+        "make" => {
+            let mut make = fixture::Options::default();
+            for (name, value) in &options {
+                match name.as_str() {
+                    "--size" => make.size = fixture::parse_size(value).map_err(|e| e.to_string())?,
+                    "--profile" => make.profile = value.parse().map_err(|e: fixture::Error| e.to_string())?,
+                    "--server-name" => make.server_name = value.clone(),
+                    "--seed" => make.seed = number(name, value)?,
+                    "--events" => make.events = number(name, value)?,
+                    _ => make.small_files = number(name, value)?,
+                }
+            }
+            let root = fixture::make(&dir, &make).map_err(|e| e.to_string())?;
+            println!("{}", root.display());
+        }
+        "churn" => {
+            let mut seconds = 10.0;
+            for (name, value) in &options {
+                seconds = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| format!("{name}: not a number of seconds: {value:?}"))?;
+            }
+            let n = fixture::churn(&dir, Duration::from_secs_f64(seconds)).map_err(|e| e.to_string())?;
+            println!("{n}");
+        }
+        _ => {
+            let listing = fixture::digest(&dir).map_err(|e| e.to_string())?;
+            std::io::stdout()
+                .write_all(listing.as_bytes())
+                .map_err(|e| format!("cannot write the digest: {e}"))?;
+        }
+    }
     Ok(())
 }
 
