@@ -771,3 +771,47 @@ fn retention_after_create_and_a_restore_that_cannot_start_synapse() {
         bad.failure()
     );
 }
+
+#[test]
+fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    let created = juju.action("create-backup", json!({}));
+    created.assert_ok();
+    let id = created.result("backup-id").unwrap().to_string();
+    std::fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
+    let before = common::backed_up_state(&data);
+
+    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
+    juju.config("synapse_health_timeout", json!(0));
+    // Juju ends the action (SIGKILL) between the swap's first and second exchange
+    let killed = juju.action_with_env(
+        "restore-backup",
+        json!({"backup-id": id}),
+        &[("SYNAPSE_BACKUP_TEST_KILL_AT_RENAME", "2")],
+    );
+    assert_ne!(killed.exit, 0);
+    assert_eq!(pebble.events(), ["stop synapse"]);
+
+    let hook = juju.hook("update-status");
+    hook.assert_ok();
+    assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
+    let logged: Vec<String> = hook
+        .calls_to("juju-log")
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        logged.iter().any(|l| l.contains("half swapped and rolled back")),
+        "{logged:?}"
+    );
+    assert_eq!(common::backed_up_state(&data), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".synapse-backup-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

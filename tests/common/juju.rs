@@ -183,16 +183,20 @@ impl Juju {
 
     /// `juju run synapse/0 <name> <params>`.
     pub fn action(&self, name: &str, params: Value) -> Dispatch {
+        self.action_with_env(name, params, &[])
+    }
+
+    /// An action with more variables in its environment (the binary's test hooks).
+    pub fn action_with_env(&self, name: &str, params: Value, extra: &[(&str, &str)]) -> Dispatch {
         self.edit(|s| s["action"] = json!({"name": name, "params": params, "results": {}, "failed": null, "logs": []}));
         let uuid = self.context.get().to_string();
-        self.dispatch(
-            &format!("actions/{name}"),
-            &[
-                ("JUJU_ACTION_NAME", name),
-                ("JUJU_ACTION_UUID", &uuid),
-                ("JUJU_HOOK_NAME", ""),
-            ],
-        )
+        let mut env = vec![
+            ("JUJU_ACTION_NAME", name),
+            ("JUJU_ACTION_UUID", uuid.as_str()),
+            ("JUJU_HOOK_NAME", ""),
+        ];
+        env.extend_from_slice(extra);
+        self.dispatch(&format!("actions/{name}"), &env)
     }
 
     /// Runs the charm's dispatch for one event, then commits as the unit agent would.
