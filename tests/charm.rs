@@ -654,14 +654,13 @@ fn restore_checks_before_it_touches_anything() {
     // another server's backup: refused, nothing changed
     juju.config("backup_passphrase", json!(PASSPHRASE));
     let other = tmp.path().join("other");
-    let out = std::process::Command::new("python3")
-        .arg(common::shared().join("tools/synapse-fixture.py"))
-        .arg("make")
-        .arg(&other)
-        .args(["--size", "1M", "--profile", "small", "--server-name", "other.example"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let options = xtask::fixture::Options {
+        size: 1 << 20,
+        profile: xtask::fixture::Profile::Small,
+        server_name: "other.example".into(),
+        ..Default::default()
+    };
+    xtask::fixture::make(&other, &options).unwrap();
     juju.config("synapse_config", json!(other.join("homeserver.yaml").to_str().unwrap()));
     let other_before = common::digest(&other);
     let run = juju.action("restore-backup", json!({"backup-id": id}));

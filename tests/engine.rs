@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -171,19 +171,12 @@ fn restores_a_reference_charm_backup() {
 fn snapshot_under_a_live_writer_is_consistent() {
     let (tmp, config, store) = setup("2M", "small");
     let data = tmp.path().join("data");
-    let churn = Command::new("python3")
-        .arg(shared().join("tools/synapse-fixture.py"))
-        .args(["churn"])
-        .arg(&data)
-        .args(["--seconds", "6"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let writer = data.clone();
+    let churn = std::thread::spawn(move || xtask::fixture::churn(&writer, std::time::Duration::from_secs(6)));
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let made = cli(&config, &store, &["create"]);
-    let churned = churn.wait_with_output().unwrap();
+    let writes = churn.join().unwrap().unwrap();
     assert!(made.ok, "{}", made.stderr);
-    let writes: u64 = String::from_utf8_lossy(&churned.stdout).trim().parse().unwrap();
     assert!(writes > 0);
 
     let id = only_backup(&store);

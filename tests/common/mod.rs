@@ -1,4 +1,4 @@
-//! Shared by the integration tests: fixture trees made by `synapse-fixture.py`, the real binary,
+//! Shared by the integration tests: fixture trees made by `xtask::fixture`, the real binary,
 //! real gpg, digests of what a backup must carry.
 #![allow(dead_code)]
 
@@ -14,44 +14,22 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_synapse-backup")
 }
 
-/// `../shared` beside the repository (where CI and developers have it).
-pub fn shared() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [root.join("../shared"), root.join("shared")] {
-        if candidate.join("tools/synapse-fixture.py").is_file() {
-            return candidate;
-        }
-    }
-    panic!("synapse-fixture.py not found: the shared/ folder must sit beside the repository (../shared)");
-}
-
-/// A fixture Synapse tree (`homeserver.yaml`, signing key, SQLite database, media store).
+/// A fixture Synapse tree (`homeserver.yaml`, signing key, SQLite database, media store), made
+/// in-process by `xtask::fixture` (`cargo xtask fixture make`).
 pub fn fixture(dir: &Path, size: &str, profile: &str) -> PathBuf {
-    let out = Command::new("python3")
-        .arg(shared().join("tools/synapse-fixture.py"))
-        .args(["make"])
-        .arg(dir)
-        .args(["--size", size, "--profile", profile, "--events", "2000"])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "fixture: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let options = xtask::fixture::Options {
+        size: xtask::fixture::parse_size(size).expect("a fixture size"),
+        profile: profile.parse().expect("a fixture profile"),
+        events: 2000,
+        ..Default::default()
+    };
+    xtask::fixture::make(dir, &options).expect("the fixture tree is made");
     dir.join("homeserver.yaml")
 }
 
-/// sha256 → path for every file the fixture tool's `digest` lists.
+/// `sha256 size relpath` for every file under `dir` (`cargo xtask fixture digest`).
 pub fn digest(dir: &Path) -> String {
-    let out = Command::new("python3")
-        .arg(shared().join("tools/synapse-fixture.py"))
-        .arg("digest")
-        .arg(dir)
-        .output()
-        .expect("python3 runs");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    xtask::fixture::digest(dir).expect("the tree is digested")
 }
 
 /// What a backup must carry, compared as a user would: every file's bytes, except the SQLite
