@@ -213,9 +213,18 @@ pub enum Command {
         /// Put back the data a finished restore replaced
         #[arg(long)]
         rollback: bool,
-        /// How to stop and start Synapse around a rollback (as for restore)
+        /// How to stop and start Synapse (as for restore); with it, a restore killed after its
+        /// swap is finished: Synapse started and health-checked, else rolled back
         #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
         service: ServiceSpec,
+        /// Seconds Synapse may take to answer GET /health (0: do not check)
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "SYNAPSE_BACKUP_HEALTH_TIMEOUT",
+            default_value_t = 120
+        )]
+        health_timeout: u64,
     },
     /// Delete the backups the retention policy says have expired (never the newest)
     Prune {
@@ -274,9 +283,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
         commit,
         rollback,
         service,
+        health_timeout,
     } = &cli.command
     {
-        return recover_command(cli, *commit, *rollback, service);
+        return recover_command(cli, *commit, *rollback, service, Duration::from_secs(*health_timeout));
     }
     let store = cli.store.open()?;
     let store = store.as_ref();
@@ -425,7 +435,13 @@ fn run(cli: &Cli) -> Result<(), Error> {
 }
 
 /// `recover` needs no store: it works on this Synapse's data only.
-fn recover_command(cli: &Cli, commit: bool, rollback: bool, service: &ServiceSpec) -> Result<(), Error> {
+fn recover_command(
+    cli: &Cli,
+    commit: bool,
+    rollback: bool,
+    service: &ServiceSpec,
+    health_timeout: Duration,
+) -> Result<(), Error> {
     let synapse = load_synapse(cli)?;
     let service = service::from_spec(service);
     let mode = match (commit, rollback) {
@@ -437,6 +453,7 @@ fn recover_command(cli: &Cli, commit: bool, rollback: bool, service: &ServiceSpe
         synapse: &synapse,
         service: service.as_ref(),
         mode,
+        health_timeout,
     }
     .run()?;
     print(cli, json!({ "recovered": said }), || {

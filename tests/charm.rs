@@ -814,3 +814,49 @@ fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_restore_killed_after_its_swap_is_finished_by_the_next_hook() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    let created = juju.action("create-backup", json!({}));
+    created.assert_ok();
+    let id = created.result("backup-id").unwrap().to_string();
+    let backed_up = common::backed_up_state(&data);
+    std::fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
+
+    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
+    juju.config("synapse_health_timeout", json!(0));
+    // killed once every target is swapped in, before Synapse was started again
+    let killed = juju.action_with_env(
+        "restore-backup",
+        json!({"backup-id": id}),
+        &[("SYNAPSE_BACKUP_TEST_KILL_AT_RENAME", "99")],
+    );
+    assert_eq!(killed.exit, 0, "99 is past the last rename: the restore completes");
+    let renames = 4 + ["homeserver.db-wal", "homeserver.db-shm"]
+        .iter()
+        .filter(|f| data.join(f).exists())
+        .count();
+    std::fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
+    let after_swap = (renames + 1).to_string();
+    let killed = juju.action_with_env(
+        "restore-backup",
+        json!({"backup-id": id}),
+        &[("SYNAPSE_BACKUP_TEST_KILL_AT_RENAME", &after_swap)],
+    );
+    assert_ne!(killed.exit, 0);
+    let events = pebble.events().len();
+
+    let hook = juju.hook("update-status");
+    hook.assert_ok();
+    assert_eq!(pebble.events()[events..], ["start synapse"]);
+    let logged: Vec<String> = hook.calls_to("juju-log").iter().map(|c| c.to_string()).collect();
+    assert!(
+        logged.iter().any(|l| l.contains("finished the interrupted restore")),
+        "{logged:?}"
+    );
+    assert_eq!(common::backed_up_state(&data), backed_up);
+}

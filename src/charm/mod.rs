@@ -89,6 +89,7 @@ fn recover_interrupted_restore(tools: &HookTools, state: &CharmState) {
         synapse: &synapse,
         service: service.as_ref(),
         mode: Mode::Check,
+        health_timeout: service::health_timeout(state).unwrap_or(crate::commands::restore::DEFAULT_HEALTH_TIMEOUT),
     }
     .run();
     let (level, lines) = match said {

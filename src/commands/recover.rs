@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::restore::NOT_STARTED;
 use crate::archive::swap::{self, Found};
 use crate::error::Error;
 use crate::synapse::health;
@@ -90,6 +91,62 @@ pub struct Recover<'a> {
     pub synapse: &'a SynapseConfig,
     pub service: &'a dyn ServiceControl,
     pub mode: Mode,
+    /// For finishing a restore that was killed after its swap (see [`Finish`]).
+    pub health_timeout: Duration,
+}
+
+/// The end of a restore whose data is swapped in: start Synapse, wait for its health check, and
+/// put the previous data back if it does not come up.
+pub struct Finish<'a> {
+    pub synapse: &'a SynapseConfig,
+    pub service: &'a dyn ServiceControl,
+    pub health_timeout: Duration,
+}
+
+impl Finish<'_> {
+    /// Starts Synapse and waits for its health check; a note on what could not be checked.
+    pub fn start_healthy(&self) -> Result<Option<String>, String> {
+        let service = self.service.describe();
+        self.service
+            .start()
+            .map_err(|e| format!("{NOT_STARTED} ({service}): {e}"))?;
+        match (&self.synapse.listener, self.health_timeout.is_zero()) {
+            (Some(listener), false) => {
+                let took = health::wait_healthy(listener, self.health_timeout)?;
+                tracing::info!("Synapse answered GET /health after {:.1}s", took.as_secs_f64());
+                Ok(None)
+            }
+            (None, false) => Ok(Some(
+                "homeserver.yaml has no plain HTTP listener: Synapse was started but its health could not be checked"
+                    .into(),
+            )),
+            (_, true) => Ok(Some(
+                "Synapse was started; its health check was turned off (timeout 0)".into(),
+            )),
+        }
+    }
+
+    /// The restored data did not start: stop Synapse, `put_back` the previous data, start it.
+    pub fn roll_back(&self, put_back: impl FnOnce() -> Result<(), String>, why: &str) -> Error {
+        let service = self.service.describe();
+        let _ = self.service.stop();
+        if let Some(listener) = &self.synapse.listener {
+            let _ = health::wait_down(listener, STOP_CONFIRM_TIMEOUT);
+        }
+        if let Err(e) = put_back() {
+            return Error::SynapseDown(format!(
+                "the restored data did not start: {why}; putting the previous data back failed ({e}), and Synapse is stopped"
+            ));
+        }
+        match self.start_healthy() {
+            Ok(_) => Error::Refused(format!(
+                "the restored data did not start: {why}; the previous data is back and Synapse is running"
+            )),
+            Err(e) => Error::SynapseDown(format!(
+                "the restored data did not start: {why}; the previous data is back but it did not come up either ({service}): {e}"
+            )),
+        }
+    }
 }
 
 impl Recover<'_> {
@@ -108,6 +165,27 @@ impl Recover<'_> {
             return Ok(said);
         };
         match self.mode {
+            Mode::Check if self.service.describe() != "none" => {
+                // killed after its swap, maybe before Synapse was started: finish the restore
+                let finish = Finish {
+                    synapse: cfg,
+                    service: self.service,
+                    health_timeout: self.health_timeout,
+                };
+                match finish.start_healthy() {
+                    Ok(note) => {
+                        swap::commit_pending(cfg)?;
+                        said.push(format!(
+                            "finished the interrupted restore of {backup_id}: Synapse runs on the restored data"
+                        ));
+                        said.extend(note);
+                    }
+                    Err(why) => {
+                        let put_back = || swap::rollback_pending(cfg).map(drop).map_err(|e| e.to_string());
+                        return Err(finish.roll_back(put_back, &why));
+                    }
+                }
+            }
             Mode::Check => said.push(Found::Swapped { backup_id, previous }.describe()),
             Mode::Commit => {
                 swap::commit_pending(cfg)?;

@@ -129,13 +129,18 @@ impl Restore<'_> {
                 kept.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ));
         } else {
-            match self.start_healthy() {
+            let finish = recover::Finish {
+                synapse: cfg,
+                service: self.service,
+                health_timeout: self.health_timeout,
+            };
+            match finish.start_healthy() {
                 Ok(note) => {
                     swapped.commit();
                     notes.extend(note);
                     tracing::info!("removed the replaced data at {:.1}s", started.elapsed().as_secs_f64());
                 }
-                Err(why) => return Err(self.roll_back(swapped, &why)),
+                Err(why) => return Err(finish.roll_back(|| swapped.rollback(), &why)),
             }
         }
         Ok(RestoreReport {
@@ -146,51 +151,6 @@ impl Restore<'_> {
             notes,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Starts Synapse and waits for its health check; a note on what was checked.
-    fn start_healthy(&self) -> Result<Option<String>, String> {
-        let service = self.service.describe();
-        self.service
-            .start()
-            .map_err(|e| format!("{NOT_STARTED} ({service}): {e}"))?;
-        match (&self.synapse.listener, self.health_timeout.is_zero()) {
-            (Some(listener), false) => {
-                let took = health::wait_healthy(listener, self.health_timeout)?;
-                tracing::info!("Synapse answered GET /health after {:.1}s", took.as_secs_f64());
-                Ok(None)
-            }
-            (None, false) => Ok(Some(
-                "homeserver.yaml has no plain HTTP listener: Synapse was started but its health could not be checked"
-                    .into(),
-            )),
-            (_, true) => Ok(Some(
-                "Synapse was started; its health check was turned off (timeout 0)".into(),
-            )),
-        }
-    }
-
-    /// The restored data did not start: stop Synapse, put the previous data back, start it.
-    fn roll_back(&self, swapped: swap::Swapped, why: &str) -> Error {
-        let service = self.service.describe();
-        let _ = self.service.stop();
-        if let Some(listener) = &self.synapse.listener {
-            let _ = health::wait_down(listener, recover::STOP_CONFIRM_TIMEOUT);
-        }
-        if let Err(e) = swapped.rollback() {
-            return Error::SynapseDown(format!(
-                "the restored data did not start: {why}; putting the previous data back failed ({e}), and Synapse is stopped"
-            ));
-        }
-        match self.start_healthy() {
-            Ok(_) => Error::Refused(format!(
-                "the restored data did not start: {why}; the previous data is back and Synapse is running"
-            )),
-            Err(e) => Error::SynapseDown(format!(
-                "the restored data did not start: {why}; the previous data is back but {} ({service}): {e}",
-                "it did not come up either"
-            )),
-        }
     }
 
     /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with
@@ -241,7 +201,7 @@ impl Restore<'_> {
     }
 }
 
-const NOT_STARTED: &str = "Synapse could not be started";
+pub(crate) const NOT_STARTED: &str = "Synapse could not be started";
 
 /// Did a restore fail leaving Synapse stopped? (The charm says so in the unit's status.)
 pub fn left_synapse_stopped(e: &Error) -> bool {
