@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: synapse-backup create/restore against the reference pipeline
 # (`tar -c | gpg --batch --symmetric` and `gpg -d | tar -x`), side by side in one run, on a
-# fixture tree made by ../shared/tools/synapse-fixture.py. Prints throughput, the ratios and
+# fixture tree made by `cargo xtask fixture make` (xtask/src/fixture.rs). Prints throughput, the ratios and
 # peak RSS. Not part of the test suite: performance is measured, never asserted.
 #
 #   bench/run.sh [SIZE]        SIZE of media in the fixture (default 1G)
@@ -9,8 +9,6 @@
 set -euo pipefail
 size=${1:-1G}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=$(cd "$repo/../shared" 2>/dev/null && pwd || true)
-[ -f "$shared/tools/synapse-fixture.py" ] || { echo "../shared/tools/synapse-fixture.py not found" >&2; exit 1; }
 out=${BENCH_DIR:-$repo/bench-out}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -22,7 +20,7 @@ bin=$repo/target/release/synapse-backup
 tree=$out/tree-$size
 if [ ! -f "$tree/.made" ]; then
   rm -rf "$tree"
-  python3 "$shared/tools/synapse-fixture.py" make "$tree" --size "$size" >/dev/null
+  cargo run --release --quiet --manifest-path "$repo/Cargo.toml" -p xtask -- fixture make "$tree" --size "$size" >/dev/null
   touch "$tree/.made"
 fi
 config=$tree/homeserver.yaml

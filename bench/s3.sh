@@ -10,15 +10,13 @@
 # ratios, each run's peak RSS, and the CPU time s3s-fs spent on it (it shares this machine's cores).
 #
 # Usage: bench/s3.sh [SIZE]          SIZE of media in the fixture, default 1G (use 64M to try it out)
-# Env:   FIXTURE=DIR  reuse a fixture tree made by synapse-fixture.py (left as it is: restores go elsewhere)
+# Env:   FIXTURE=DIR  reuse a fixture tree made by `cargo xtask fixture make` (left as it is: restores go elsewhere)
 #        BIN=PATH     the synapse-backup binary (default: target/release/synapse-backup, built if absent)
 # Needs: s3s-fs, awscli, gpg, curl ≥ 7.75, /usr/bin/time (.ci/install-s3-servers.sh, WITH_AWSCLI=1).
 set -euo pipefail
 
 SIZE=${1:-1G}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${SHARED:-$REPO/../shared}
-[ -f "$SHARED/tools/synapse-fixture.py" ] || SHARED=$REPO/shared
 BIN=${BIN:-$REPO/target/release/synapse-backup}
 for tool in s3s-fs aws gpg curl /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "bench/s3.sh needs $tool (see .ci/install-s3-servers.sh)" >&2; exit 1; }
@@ -40,7 +38,7 @@ chmod 700 "$WORK"
 DATA=${FIXTURE:-$WORK/data}
 if [ -z "${FIXTURE:-}" ]; then
     echo "making a $SIZE fixture tree…" >&2
-    python3 "$SHARED/tools/synapse-fixture.py" make "$DATA" --size "$SIZE" --profile mixed >/dev/null
+    cargo run --release --quiet --manifest-path "$REPO/Cargo.toml" -p xtask -- fixture make "$DATA" --size "$SIZE" --profile mixed >/dev/null
 fi
 CONFIG=$DATA/homeserver.yaml
 PASSFILE=$WORK/passphrase

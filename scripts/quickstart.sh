@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The quick start: a real backup → list → verify → restore of the shipped example Synapse tree
 # (examples/synapse-data) into a local-directory store. No cloud account, no Juju.
-# Works on a copy under target/quickstart/, so the repository stays as it is.
+# Works on a copy under target/quickstart/ (in $CARGO_TARGET_DIR when set), so the repository stays as it is.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work=$repo/target/quickstart
+target=${CARGO_TARGET_DIR:-$repo/target}
+work=$target/quickstart
 rm -rf "$work" && mkdir -p "$work"
 cp -a "$repo/examples/synapse-data" "$work/data"
 
 # the dev profile (dependencies optimised, see Cargo.toml) shares its build with scripts/test.sh
 cargo build --quiet --manifest-path "$repo/Cargo.toml"
-sb() { "$repo/target/debug/synapse-backup" --synapse-config "$work/data/homeserver.yaml" --store "$work/store" "$@"; }
+sb() { "$target/debug/synapse-backup" --synapse-config "$work/data/homeserver.yaml" --store "$work/store" "$@"; }
 # The passphrase comes from the environment or a file, never from the command line.
 export SYNAPSE_BACKUP_PASSPHRASE=${SYNAPSE_BACKUP_PASSPHRASE:-quick-start passphrase}
 
