@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod pebble;
+pub mod synapse;
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
