@@ -211,6 +211,8 @@ pub struct Synapse {
     /// where this start's output begins in `log`
     log_from: u64,
     child: Option<Child>,
+    /// see [`Synapse::set_stop_with_thread`]
+    stop_with_thread: bool,
 }
 
 impl Synapse {
@@ -275,6 +277,7 @@ impl Synapse {
             log_from: 0,
             dir,
             child: None,
+            stop_with_thread: true,
         };
         s.write_files();
         s.generate_keys();
@@ -494,6 +497,14 @@ presence:
         }
     }
 
+    /// By default Synapse gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG),
+    /// so that a test binary killed mid-test leaves no Synapse behind. A Synapse started from a
+    /// thread that ends before it should (a tokio blocking thread in a service stand-in, say)
+    /// needs `false` here; then only [`Drop`] stops it.
+    pub fn set_stop_with_thread(&mut self, yes: bool) {
+        self.stop_with_thread = yes;
+    }
+
     /// Launches Synapse without waiting (see [`Synapse::wait_healthy`]). Its stdout and stderr
     /// are appended to [`Synapse::log_path`].
     pub fn spawn(&mut self) {
@@ -506,7 +517,7 @@ presence:
         let from = log.seek(SeekFrom::End(0)).unwrap();
         writeln!(log, "---- synapse-harness: start on port {} ----", self.port).unwrap();
         self.log_from = from;
-        let mut cmd = self.user_command(python().as_os_str(), true);
+        let mut cmd = self.user_command(python().as_os_str(), self.stop_with_thread);
         let child = cmd
             .args(["-m", "synapse.app.homeserver"])
             .args(self.config_args())
