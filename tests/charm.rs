@@ -797,11 +797,7 @@ fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
     let hook = juju.hook("update-status");
     hook.assert_ok();
     assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
-    let logged: Vec<String> = hook
-        .calls_to("juju-log")
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let logged: Vec<String> = hook.calls_to("juju-log").iter().map(|c| c.to_string()).collect();
     assert!(
         logged.iter().any(|l| l.contains("half swapped and rolled back")),
         "{logged:?}"

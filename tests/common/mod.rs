@@ -29,8 +29,26 @@ pub fn fixture(dir: &Path, size: &str, profile: &str) -> PathBuf {
 }
 
 /// `sha256 size relpath` for every file under `dir` (`cargo xtask fixture digest`).
+/// The tool's lock file (`.synapse-backup.lock`, its holder's pid inside) is left out: it is the
+/// tool's bookkeeping beside the data, rewritten by every command.
 pub fn digest(dir: &Path) -> String {
-    xtask::fixture::digest(dir).expect("the tree is digested")
+    let all = xtask::fixture::digest(dir).expect("the tree is digested");
+    all.lines()
+        .filter(|l| !l.ends_with(" .synapse-backup.lock"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `synapse-backup recover --commit`: drops the previous data a `--service none` restore keeps.
+pub fn commit_restore(config: &Path) {
+    let out = Command::new(bin())
+        .arg("--synapse-config")
+        .arg(config)
+        .args(["recover", "--commit"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// What a backup must carry, compared as a user would: every file's bytes, except the SQLite

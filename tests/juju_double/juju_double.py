@@ -7,7 +7,7 @@ one JSON state file (path in JUJU_DOUBLE_STATE): config, leadership, relations w
 databags, secrets, the running action, the status and its history, debug-log lines, and a record
 of every call (argv, stdin, exit code, stdout, stderr).
 
-Juju's behaviour, as in ../../../shared/spec/juju-hook-tools.md:
+Juju's behaviour, as its hook tools document it:
 - argument grammar: flags may come before or after positionals, `--flag=value` or `--flag value`,
   `--` ends the flags; an undefined flag or a bad argument exits 2, a command that ran and failed
   exits 1, both with `ERROR <message>` on stderr;
