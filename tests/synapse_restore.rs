@@ -1,0 +1,246 @@
+//! Restores that a real Synapse (1.163, SQLite, run as its own user as in production) starts on:
+//! a backup taken under a live writer, restored onto a lost server through a service that really
+//! stops and starts Synapse; a backup of the official image's layout restored onto Debian's; a
+//! restore whose data cannot start, rolled back; a running Synapse that `--service none` refuses.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::pebble::PebbleStandIn;
+use common::synapse::{api, Layout, Populated, Synapse};
+use common::Run;
+
+/// Pebble's API in front of a real Synapse: `stop` stops it (SIGTERM, waits for the exit), `start`
+/// launches it (and, as Pebble, does not wait for it to serve: the restore's health check does).
+fn pebble_for(synapse: Arc<Mutex<Synapse>>, dir: &Path) -> PebbleStandIn {
+    let pebble = PebbleStandIn::start(&dir.join("pebble.socket"), &["synapse"]);
+    pebble.observe(move |action| {
+        let mut s = synapse.lock().unwrap();
+        s.stop(); // reaps one that exited on its own too
+        if action == "start" {
+            s.spawn();
+        }
+        action.to_string()
+    });
+    pebble
+}
+
+/// A directory for one Synapse (the harness wants it to exist).
+fn home(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn cli(config: &str, store: &Path, args: &[&str]) -> Run {
+    common::cli(Path::new(config), store, args)
+}
+
+/// Messages sent on another thread while `during` runs: (sent before it returned, sent after).
+fn under_a_writer<T>(s: &Synapse, p: &Populated, during: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (base, token, room) = (s.base_url(), p.access_token.clone(), p.room_id.clone());
+    let stop = done.clone();
+    let writer = std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        for i in 0..200 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let body = format!("live message {i}");
+            api(&["send", &base, &token, &room, &body]).expect("Synapse takes the message");
+            sent.push(body);
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300)); // a few messages in before the backup starts
+    let out = during();
+    done.store(true, Ordering::SeqCst);
+    (out, writer.join().unwrap())
+}
+
+/// A lost server (only its config left): the files the restore gives back are Synapse's user's,
+/// Synapse starts through the service control, and serves everything up to the backup.
+#[test]
+fn a_lost_server_comes_back_through_pebble_and_its_health_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "lost.test", Layout::Image);
+    s.start();
+    let populated = s.populate(10, 2);
+    let config = s.config_arg();
+    let (made, live) = under_a_writer(&s, &populated, || cli(&config, &store, &["create"]));
+    assert!(made.ok, "create: {}", made.stderr);
+    let id = common::only_backup(&store);
+    assert!(!live.is_empty());
+    // after the backup: a message and an upload the restore must take away
+    let session = populated.session();
+    s.send(&session, &populated.room_id, &["after the backup"]);
+    let later = s.upload(&session, b"not in the backup", "text/plain");
+    s.stop();
+
+    // the disk is lost: only homeserver.yaml (and the directory) are left
+    let data = s.data_dir().to_path_buf();
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        if e.file_name() != "homeserver.yaml" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    let synapse = Arc::new(Mutex::new(s));
+    let pebble = pebble_for(synapse.clone(), dir.path());
+    synapse.lock().unwrap().spawn(); // the fresh pod's Synapse makes an empty server meanwhile
+    synapse.lock().unwrap().wait_healthy(Duration::from_secs(90)).unwrap();
+    let restored = cli(&config, &store, &["restore", &id, "--service", &pebble.spec("synapse")]);
+    assert!(restored.ok, "restore: {}", restored.stderr);
+    assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
+
+    let s = synapse.lock().unwrap();
+    assert!(s.is_up(), "the restore returned once Synapse answered");
+    // every message sent before the backup began is there, in order, then those of the live
+    // writer that the snapshot caught, and nothing after it
+    let fresh = s.login(&populated.user, &populated.password).unwrap();
+    let served = s.messages(&fresh, &populated.room_id, 500).unwrap();
+    assert_eq!(&served[..populated.messages.len()], &populated.messages[..]);
+    let served_live = &served[populated.messages.len()..];
+    assert!(
+        !served_live.is_empty(),
+        "the writer's first messages came before the backup"
+    );
+    assert!(
+        live.starts_with(served_live),
+        "{served_live:?} is not a prefix of {live:?}"
+    );
+    assert!(!served.contains(&"after the backup".to_string()));
+    let mut at_backup = populated.clone();
+    at_backup.messages = served.clone();
+    at_backup.assert_served_by(&s);
+    assert_eq!(s.download(&session, &later).unwrap_err().status, Some(404));
+    // nothing of the restore is left, and Synapse writes to what it restored
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("synapse-backup-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    s.send(&fresh, &populated.room_id, &["after the restore"]);
+    let upload = s.upload(&fresh, b"after the restore", "text/plain");
+    assert_eq!(s.download(&fresh, &upload).unwrap().sha256.len(), 64);
+}
+
+/// The official image's backup (uid 991) onto Debian's layout, another user and other paths.
+#[test]
+fn a_backup_of_the_image_restores_onto_debians_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut image = Synapse::lay_out(&home(dir.path(), "image"), "moved.test", Layout::Image);
+    image.start();
+    let populated = image.populate(5, 2);
+    let made = cli(&image.config_arg(), &store, &["create"]);
+    assert!(made.ok, "create: {}", made.stderr);
+    let id = common::only_backup(&store);
+    image.stop();
+
+    let mut debian = Synapse::lay_out(&home(dir.path(), "debian"), "moved.test", Layout::Debian);
+    let restored = cli(&debian.config_arg(), &store, &["restore", &id]);
+    assert!(restored.ok, "restore: {}", restored.stderr);
+    common::commit_restore(Path::new(&debian.config_arg()));
+    if common::synapse::runs_as_other_user() {
+        use std::os::unix::fs::MetadataExt;
+        let ids = debian.ids();
+        for p in [debian.db_path(), debian.signing_key_path(), debian.media_path()] {
+            let md = std::fs::metadata(p).unwrap();
+            assert_eq!((md.uid(), md.gid()), ids, "{}", p.display());
+        }
+    }
+    debian.start();
+    populated.assert_served_by(&debian);
+}
+
+/// A backup whose data cannot start (here: a signing key Synapse cannot read) is rolled back: the
+/// previous data is put back and Synapse serves it again.
+#[test]
+fn a_restore_that_cannot_start_puts_the_previous_server_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "rollback.test", Layout::Image);
+    s.start();
+    let populated = s.populate(5, 1);
+    s.stop();
+    let config = s.config_arg();
+    let key = std::fs::read(s.signing_key_path()).unwrap();
+    std::fs::write(s.signing_key_path(), "ed25519 a_bad !!!not-a-key!!!\n").unwrap();
+    let made = cli(&config, &store, &["create"]);
+    assert!(made.ok, "create: {}", made.stderr);
+    let id = common::only_backup(&store);
+    std::fs::write(s.signing_key_path(), key).unwrap();
+    s.start();
+
+    let synapse = Arc::new(Mutex::new(s));
+    let pebble = pebble_for(synapse.clone(), dir.path());
+    let r = cli(
+        &config,
+        &store,
+        &[
+            "restore",
+            &id,
+            "--service",
+            &pebble.spec("synapse"),
+            "--health-timeout",
+            "20",
+        ],
+    );
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("the restored data did not start: Synapse did not answer GET /health")
+            && r.stderr.contains("the previous data is back and Synapse is running"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        pebble.events(),
+        ["stop synapse", "start synapse", "stop synapse", "start synapse"]
+    );
+    let s = synapse.lock().unwrap();
+    populated.assert_served_by(&s);
+}
+
+/// With no service control, a running Synapse is refused, nothing changes, and what it writes
+/// afterwards survives its restart.
+#[test]
+fn service_none_refuses_a_running_synapse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "running.test", Layout::Image);
+    s.start();
+    let populated = s.populate(3, 1);
+    let config = s.config_arg();
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = common::only_backup(&store);
+    let session = populated.session();
+    s.send(&session, &populated.room_id, &["after the backup"]);
+
+    let r = cli(&config, &store, &["restore", &id]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(&format!("Synapse is answering on {}", s.base_url()))
+            && r.stderr.contains("--service systemd:"),
+        "{}",
+        r.stderr
+    );
+    s.send(&session, &populated.room_id, &["after the refusal"]);
+    s.stop();
+    s.start();
+    let served = s.messages(&session, &populated.room_id, 50).unwrap();
+    assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+}
