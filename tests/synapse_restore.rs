@@ -4,6 +4,8 @@
 //! restore whose data cannot start, rolled back; a running Synapse that `--service none` refuses.
 
 mod common;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,4 +245,56 @@ fn service_none_refuses_a_running_synapse() {
     s.start();
     let served = s.messages(&session, &populated.room_id, 50).unwrap();
     assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+}
+
+/// The charm, driven through `dispatch` as Juju drives it, with a real Synapse as its workload:
+/// create-backup under a live writer into a real bucket, the data lost, restore-backup through
+/// Pebble, and Synapse serves the same users, rooms, media and signing key.
+#[test]
+fn the_charm_restores_a_lost_server_that_synapse_then_serves() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = s3_server::S3Server::start(s3_server::Kind::S3sFs);
+    server.create_bucket("synapse-backups");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "charm.test", Layout::Image);
+    s.start();
+    let populated = s.populate(8, 2);
+    let juju = common::juju::Juju::new();
+    juju.add_relation("backup:3", "s3-integrator", &["s3-integrator/0"]);
+    juju.set_remote_app_data("backup:3", json!(server.databag("synapse-backups", "synapse/prod")));
+    juju.config("backup_passphrase", json!(common::PASSPHRASE));
+    juju.config("synapse_config", json!(s.config_arg()));
+    juju.relation_hook("backup:3", "changed", None).assert_ok();
+
+    let (created, live) = under_a_writer(&s, &populated, || juju.action("create-backup", json!({})));
+    created.assert_ok();
+    assert_eq!(created.failure(), None, "{:?}", created.failure());
+    let id = created.result("backup-id").unwrap().to_string();
+    s.stop();
+    let data = s.data_dir().to_path_buf();
+    std::fs::remove_file(s.signing_key_path()).unwrap();
+    for part in ["homeserver.db", "homeserver.db-wal", "homeserver.db-shm"] {
+        let _ = std::fs::remove_file(data.join(part));
+    }
+    std::fs::remove_dir_all(s.media_path()).unwrap();
+
+    let synapse = Arc::new(Mutex::new(s));
+    let pebble = pebble_for(synapse.clone(), dir.path());
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
+    let restored = juju.action("restore-backup", json!({"backup-id": id}));
+    restored
+        .assert_ok()
+        .assert_no_secret(&[common::PASSPHRASE, &server.secret_key]);
+    assert_eq!(restored.failure(), None, "{:?}", restored.failure());
+    assert_eq!(restored.result("result"), Some("correct"));
+    assert_eq!(pebble.events(), ["stop synapse", "start synapse"]);
+    assert_eq!(restored.status().0, "active");
+
+    let s = synapse.lock().unwrap();
+    let fresh = s.login(&populated.user, &populated.password).unwrap();
+    let served = s.messages(&fresh, &populated.room_id, 500).unwrap();
+    assert!(live.starts_with(&served[populated.messages.len()..]));
+    let mut at_backup = populated.clone();
+    at_backup.messages = served;
+    at_backup.assert_served_by(&s);
 }
