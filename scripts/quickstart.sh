@@ -30,6 +30,9 @@ sb verify "$id"
 echo "== losing the data (signing key, database, local media), then: synapse-backup restore $id"
 rm -rf "$work/data/example.com.signing.key" "$work/data/homeserver.db" "$work/data"/media_store/local_*
 sb restore "$id"
+# no service control here (--service none): the replaced data was kept; the restore is good, drop it
+echo "== synapse-backup recover --commit"
+sb recover --commit
 if [ "$(digest "$work/data")" = "$before" ]; then
   echo "== restored: signing key, database and local media are as they were"
 else
