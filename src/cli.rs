@@ -173,6 +173,30 @@ impl RetentionArgs {
     }
 }
 
+/// How `restore` and `recover` stop, start and health-check Synapse.
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// How to stop Synapse before the swap and start it after:
+    /// pebble:<service>[@<socket>], systemd:<unit> or none (Synapse already stopped)
+    #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
+    pub service: ServiceSpec,
+    /// Seconds Synapse may take to answer GET /health after it is started on restored data,
+    /// before the previous data is put back (0: do not check)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "SYNAPSE_BACKUP_HEALTH_TIMEOUT",
+        default_value_t = 120
+    )]
+    pub health_timeout: u64,
+}
+
+impl ServiceArgs {
+    fn health_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_timeout)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Make a backup now (then prune, with --keep-last or --older-than-days)
@@ -188,19 +212,8 @@ pub enum Command {
         /// Restore even if the backup is of another server_name
         #[arg(long)]
         force: bool,
-        /// How to stop Synapse during the restore and start it after:
-        /// pebble:<service>[@<socket>], systemd:<unit> or none (Synapse already stopped)
-        #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
-        service: ServiceSpec,
-        /// Seconds Synapse may take to answer GET /health after the restore before the previous
-        /// data is put back (0: do not check)
-        #[arg(
-            long,
-            value_name = "SECONDS",
-            env = "SYNAPSE_BACKUP_HEALTH_TIMEOUT",
-            default_value_t = 120
-        )]
-        health_timeout: u64,
+        #[command(flatten)]
+        synapse: ServiceArgs,
         /// With --service none: restore even though Synapse answers on its listener
         #[arg(long)]
         even_if_running: bool,
@@ -213,18 +226,8 @@ pub enum Command {
         /// Put back the data a finished restore replaced
         #[arg(long)]
         rollback: bool,
-        /// How to stop and start Synapse (as for restore); with it, a restore killed after its
-        /// swap is finished: Synapse started and health-checked, else rolled back
-        #[arg(long, value_name = "SPEC", env = "SYNAPSE_BACKUP_SERVICE", default_value = "none")]
-        service: ServiceSpec,
-        /// Seconds Synapse may take to answer GET /health (0: do not check)
-        #[arg(
-            long,
-            value_name = "SECONDS",
-            env = "SYNAPSE_BACKUP_HEALTH_TIMEOUT",
-            default_value_t = 120
-        )]
-        health_timeout: u64,
+        #[command(flatten)]
+        synapse: ServiceArgs,
     },
     /// Delete the backups the retention policy says have expired (never the newest)
     Prune {
@@ -282,11 +285,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
     if let Command::Recover {
         commit,
         rollback,
-        service,
-        health_timeout,
+        synapse,
     } = &cli.command
     {
-        return recover_command(cli, *commit, *rollback, service, Duration::from_secs(*health_timeout));
+        return recover_command(cli, *commit, *rollback, synapse);
     }
     let store = cli.store.open()?;
     let store = store.as_ref();
@@ -349,14 +351,13 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Restore {
             backup_id,
             force,
-            service,
-            health_timeout,
+            synapse: control,
             even_if_running,
         } => {
             let id: BackupId = backup_id.parse()?;
             let synapse = load_synapse(cli)?;
             let passphrase = read_passphrase(cli)?;
-            let service = service::from_spec(service);
+            let service = service::from_spec(&control.service);
             let r = Restore {
                 id: &id,
                 synapse: &synapse,
@@ -364,7 +365,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 store,
                 service: service.as_ref(),
                 force: *force,
-                health_timeout: Duration::from_secs(*health_timeout),
+                health_timeout: control.health_timeout(),
                 even_if_running: *even_if_running,
             }
             .run(progress.as_ref())?;
@@ -435,15 +436,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
 }
 
 /// `recover` needs no store: it works on this Synapse's data only.
-fn recover_command(
-    cli: &Cli,
-    commit: bool,
-    rollback: bool,
-    service: &ServiceSpec,
-    health_timeout: Duration,
-) -> Result<(), Error> {
+fn recover_command(cli: &Cli, commit: bool, rollback: bool, args: &ServiceArgs) -> Result<(), Error> {
     let synapse = load_synapse(cli)?;
-    let service = service::from_spec(service);
+    let service = service::from_spec(&args.service);
+    let health_timeout = args.health_timeout();
     let mode = match (commit, rollback) {
         (true, _) => recover::Mode::Commit,
         (_, true) => recover::Mode::Rollback,
