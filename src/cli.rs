@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::backup_id::BackupId;
+use crate::commands::owner;
 use crate::commands::recover::{self, Recover};
 use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
 use crate::error::Error;
@@ -204,8 +205,12 @@ pub enum Command {
         #[command(flatten)]
         retention: RetentionArgs,
     },
-    /// List the backups in the store
-    List,
+    /// List this server's backups in the store (and those that record no server)
+    List {
+        /// Also other servers' backups on the same store (marked with their server)
+        #[arg(long)]
+        all: bool,
+    },
     /// Restore a backup onto this Synapse (stops and starts it with --service)
     Restore {
         backup_id: String,
@@ -239,8 +244,13 @@ pub enum Command {
     },
     /// Read a whole backup and check its integrity and every file's hash; writes nothing
     Verify { backup_id: String },
-    /// Delete a backup
-    Delete { backup_id: String },
+    /// Delete one of this server's backups
+    Delete {
+        backup_id: String,
+        /// Delete it even if it is another server's, or records no server
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -305,7 +315,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             .run(progress.as_ref())?;
             let mut notes = r.notes.clone();
             // the backup is made: a pruning failure is worth a note, not a failed backup
-            let pruned = match commands::prune::run(store, &retention.policy(), false) {
+            let pruned = match commands::prune::run(store, &retention.policy(), false, &synapse.server_name) {
                 Ok(p) => {
                     notes.extend(p.failed.iter().map(|(id, e)| format!("could not prune {id}: {e}")));
                     p.pruned
@@ -342,8 +352,21 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
             );
         }
-        Command::List => {
-            let list = commands::list::run(store)?;
+        Command::List { all } => {
+            let mut list = commands::list::run(store)?;
+            if !*all {
+                // without a config there is no "this server": everything is shown
+                if let Ok(synapse) = load_synapse(cli) {
+                    let others = owner::other_servers(&list, &synapse.server_name);
+                    if !others.is_empty() {
+                        eprintln!(
+                            "note: the store also holds backups of other servers ({}), not shown: list --all shows them",
+                            owner::names(&others)
+                        );
+                    }
+                    list = owner::visible(list, &synapse.server_name);
+                }
+            }
             print(cli, json!(list.iter().map(info_json).collect::<Vec<_>>()), || {
                 format_table(&list)
             });
@@ -410,7 +433,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "no retention policy: give --keep-last N and/or --older-than-days N".into(),
                 ));
             }
-            let r = commands::prune::run(store, &policy, *dry_run)?;
+            let synapse = load_synapse(cli).map_err(|e| {
+                Error::Usage(format!(
+                    "prune deletes only this server's backups, so it needs this Synapse's config (--synapse-config): {e}"
+                ))
+            })?;
+            let r = commands::prune::run(store, &policy, *dry_run, &synapse.server_name)?;
             print(cli, prune_json(&r), || prune_text(&r));
             if !r.failed.is_empty() {
                 return Err(Error::Refused(format!(
@@ -424,9 +452,14 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 )));
             }
         }
-        Command::Delete { backup_id } => {
+        Command::Delete { backup_id, force } => {
             let id: BackupId = backup_id.parse()?;
-            commands::delete::run(store, &id)?;
+            let synapse = if *force { None } else { Some(load_synapse(cli)?) };
+            let ours = synapse.as_ref().map(|s| s.server_name.as_str());
+            commands::delete::run(store, &id, ours, *force).map_err(|e| match e {
+                Error::Refused(m) => Error::Refused(m.replace("force the deletion", "--force")),
+                e => e,
+            })?;
             print(cli, json!({ "backup-id": id.to_string(), "deleted": true }), || {
                 format!("deleted {id}")
             });
@@ -500,6 +533,8 @@ pub fn prune_json(r: &PruneReport) -> serde_json::Value {
         "pruned": r.pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "kept": r.kept,
         "failed": r.failed.iter().map(|(id, e)| json!({ "backup-id": id.to_string(), "error": e })).collect::<Vec<_>>(),
+        "other-servers": r.other_servers,
+        "unknown-owner": r.unknown_owner,
     })
 }
 
@@ -509,6 +544,18 @@ fn prune_text(r: &PruneReport) -> String {
     lines.extend(r.pruned.iter().map(|id| format!("{verb} {id}")));
     lines.extend(r.failed.iter().map(|(id, e)| format!("could not delete {id}: {e}")));
     lines.push(format!("{} {} backup(s), kept {}", verb, r.pruned.len(), r.kept));
+    if !r.other_servers.is_empty() {
+        lines.push(format!(
+            "left alone: the backups of other servers ({})",
+            r.other_servers.join(", ")
+        ));
+    }
+    if r.unknown_owner > 0 {
+        lines.push(format!(
+            "left alone: {} backup(s) that record no server (delete them with delete --force)",
+            r.unknown_owner
+        ));
+    }
     lines.join("\n")
 }
 

@@ -27,8 +27,15 @@ fn put(store: &Path, days_ago: u32, created_days_ago: Option<u32>) -> String {
     id
 }
 
+/// Prune as server `example.com`: retention is scoped to the server's own backups, so its config
+/// (only `server_name` is read) is needed.
 fn prune(store: &Path, args: &[&str]) -> Run {
-    let config = store.join("no-synapse-needed.yaml");
+    prune_as(store, "example.com", args)
+}
+
+fn prune_as(store: &Path, server: &str, args: &[&str]) -> Run {
+    let config = store.parent().unwrap().join(format!("{server}.yaml"));
+    fs::write(&config, format!("server_name: {server}\n")).unwrap();
     cli(&config, store, &[&["prune"], args].concat())
 }
 

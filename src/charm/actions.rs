@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::service::{retention, synapse_service};
 use super::state::{option, CharmState, S3Settings};
 use crate::backup_id::BackupId;
-use crate::commands::{self, prune, restore::left_synapse_stopped, Create, Restore, Verify};
+use crate::commands::{self, owner, prune, restore::left_synapse_stopped, Create, Restore, Verify};
 use crate::error::Error;
 use crate::juju::{HookTools, LogLevel, Status, StatusKind, ToolError};
 use crate::progress::{Progress, ProgressSink, Throttled};
@@ -59,7 +59,7 @@ pub fn handle(name: &str, tools: &HookTools, state: &CharmState) -> Result<(), T
     let params = tools.action_get()?;
     let outcome = match name {
         "create-backup" => create(tools, state),
-        "list-backups" => list(state),
+        "list-backups" => list(state, &params),
         "restore-backup" => restore(tools, state, &params),
         "delete-backup" => delete(state, &params),
         "verify-backup" => verify(tools, state, &params),
@@ -109,7 +109,7 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
     ];
     if !policy.keeps_everything() {
         // the backup is made: a pruning problem is a note, not a failed action
-        match prune::run(store.as_ref(), &policy, false) {
+        match prune::run(store.as_ref(), &policy, false, &synapse.server_name) {
             Ok(pruned) => {
                 let ids: Vec<String> = pruned.pruned.iter().map(ToString::to_string).collect();
                 results.push(kv(
@@ -123,6 +123,12 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
                 for (id, e) in &pruned.failed {
                     let _ = tools.action_log(&format!("note: could not delete expired backup {id}: {e}"));
                 }
+                if !pruned.other_servers.is_empty() {
+                    let _ = tools.action_log(&format!(
+                        "note: retention left alone the backups of other servers on this bucket path ({})",
+                        pruned.other_servers.join(", ")
+                    ));
+                }
             }
             Err(e) => {
                 let _ = tools.action_log(&format!("note: old backups were not pruned: {e}"));
@@ -132,10 +138,18 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
     Ok(Outcome::ok(results))
 }
 
-fn list(state: &CharmState) -> Result<Outcome, String> {
+fn list(state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, String> {
+    let all = flag(params, "all");
     let store = open_store(state, "list-backups")?;
-    let backups = commands::list::run(store.as_ref()).map_err(|e| failure("list-backups", e))?;
+    let mut backups = commands::list::run(store.as_ref()).map_err(|e| failure("list-backups", e))?;
     let mut results = Vec::new();
+    if let (false, Ok(synapse)) = (all, load_synapse(state)) {
+        let others = owner::other_servers(&backups, &synapse.server_name);
+        if !others.is_empty() {
+            results.push(kv("other-servers", owner::names(&others)));
+        }
+        backups = owner::visible(backups, &synapse.server_name);
+    }
     for b in &backups {
         let prefix = format!("backups.{}", b.id);
         results.push(kv(&format!("{prefix}.last-modified"), rfc3339(b.last_modified)));
@@ -210,8 +224,12 @@ fn restore(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -
 
 fn delete(state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, String> {
     let id = backup_id(params)?;
+    let force = flag(params, "force");
+    let synapse = if force { None } else { Some(load_synapse(state)?) };
     let store = open_store(state, "delete-backup")?;
-    match commands::delete::run(store.as_ref(), &id) {
+    let ours = synapse.as_ref().map(|s| s.server_name.as_str());
+    match commands::delete::run(store.as_ref(), &id, ours, force) {
+        Err(Error::Refused(m)) => Err(m.replace("force the deletion", "run it with force=true")),
         Ok(()) => Ok(Outcome::ok(vec![kv("result", "correct")])),
         Err(e @ Error::Store(StoreError::NotFound(_))) => Ok(Outcome {
             results: vec![kv("result", &e)],
@@ -219,6 +237,11 @@ fn delete(state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, St
         }),
         Err(e) => Err(failure("delete-backup", e)),
     }
+}
+
+/// A boolean action parameter (Juju gives JSON booleans; absent is false).
+fn flag(params: &Map<String, Value>, name: &str) -> bool {
+    params.get(name).and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, String> {

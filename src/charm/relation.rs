@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::state::{BackupRelation, CharmState, PassphraseProblem, S3Settings, ENDPOINT};
+use crate::commands::owner;
 use crate::juju::{Event, HookTools, JujuContext, LogLevel, Status, StatusKind, ToolError};
 use crate::store::s3::S3Store;
 use crate::store::ObjectStore;
@@ -86,6 +87,7 @@ pub fn nudge_bucket_name(model: &str, app: &str) -> String {
 
 /// What the unit's status should say now.
 pub fn status(tools: &HookTools, state: &CharmState) -> Status {
+    let mut shared = String::new();
     if let Some(relation) = &state.backup {
         match &relation.s3 {
             S3Settings::AwaitingCredentials => {
@@ -100,7 +102,13 @@ pub fn status(tools: &HookTools, state: &CharmState) -> Status {
             }
             S3Settings::Ready(params) => {
                 let checked = S3Store::new((**params).clone()).map_err(|e| (INVALID_CONFIG, e.to_string()));
-                let checked = checked.and_then(|store| store.check().map_err(|e| (BUCKET_UNUSABLE, e.to_string())));
+                let checked = checked.and_then(|store| {
+                    store.check().map_err(|e| (BUCKET_UNUSABLE, e.to_string()))?;
+                    Ok(store)
+                });
+                if let Ok(store) = &checked {
+                    shared = shared_path_note(tools, state, store);
+                }
                 if let Err((what, detail)) = checked {
                     let _ = tools.log(LogLevel::Warning, &format!("{what}: {detail}"));
                     let message = if what == INVALID_CONFIG {
@@ -117,8 +125,30 @@ pub fn status(tools: &HookTools, state: &CharmState) -> Status {
         Err(p @ (PassphraseProblem::SecretUnreadable { .. } | PassphraseProblem::SecretWithoutPassphrase { .. })) => {
             Status::new(StatusKind::Blocked, format!("Backup: {p}"))
         }
-        _ => Status::active(),
+        _ => Status::new(StatusKind::Active, shared),
     }
+}
+
+/// Sharing a bucket path is legitimate, but the operator should know whose backups are there:
+/// retention and delete leave them alone. Empty when only this server's are.
+fn shared_path_note(tools: &HookTools, state: &CharmState, store: &dyn ObjectStore) -> String {
+    let paths = crate::synapse::config::parse_path_list(&state.synapse_config);
+    let (Ok(synapse), Ok(list)) = (crate::synapse::SynapseConfig::load(&paths), store.list()) else {
+        return String::new();
+    };
+    let others = owner::other_servers(&list, &synapse.server_name);
+    if others.is_empty() {
+        return String::new();
+    }
+    let names = owner::names(&others);
+    let _ = tools.log(
+        LogLevel::Info,
+        &format!(
+            "the bucket path {} also holds backups of other servers ({names}); retention and delete-backup leave them alone",
+            store.location()
+        ),
+    );
+    format!("Backup: the bucket path also holds backups of {names}")
 }
 
 #[cfg(test)]

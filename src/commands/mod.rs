@@ -4,6 +4,7 @@
 pub mod create;
 pub mod delete;
 pub mod list;
+pub mod owner;
 pub mod prune;
 pub mod recover;
 pub mod restore;

@@ -2,13 +2,16 @@
 //! `delete-older-than-days` and the charm's `backup_keep_last` — after each successful backup, or
 //! on demand (`synapse-backup prune [--dry-run]`).
 //!
-//! What it will never do: delete the newest good backup (whatever the policy says), delete an
-//! object that is not a backup (a listing holds backups only), or delete anything when the
-//! listing failed (a partial listing would make the wrong backups look oldest).
+//! It counts and deletes only this server's backups (see [`super::owner`]): another server's on a
+//! shared path, or one with no recorded owner, is never touched, and "the newest" is this
+//! server's newest. What it will never do either: delete the newest good backup (whatever the
+//! policy says), delete an object that is not a backup (a listing holds backups only), or delete
+//! anything when the listing failed (a partial listing would make the wrong backups look oldest).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use super::owner::{self, Owner};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::store::{ObjectInfo, ObjectStore};
@@ -65,6 +68,10 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Expired backups whose deletion failed, with the reason.
     pub failed: Vec<(BackupId, String)>,
+    /// Backups left alone because they are not this server's: other servers', by name.
+    pub other_servers: Vec<String>,
+    /// Backups left alone because no owner is recorded (made by another tool).
+    pub unknown_owner: usize,
 }
 
 /// When a backup was made: its `created_at` metadata, else the time in its id, else the object's
@@ -112,7 +119,7 @@ pub fn expired(list: &[ObjectInfo], policy: &Policy, now: SystemTime) -> Vec<Bac
 
 /// Applies `policy` to the store. A failed listing deletes nothing and is an error; a failed
 /// deletion is reported in [`PruneReport::failed`] and the others still go.
-pub fn run(store: &dyn ObjectStore, policy: &Policy, dry_run: bool) -> Result<PruneReport, Error> {
+pub fn run(store: &dyn ObjectStore, policy: &Policy, dry_run: bool, server_name: &str) -> Result<PruneReport, Error> {
     let mut report = PruneReport {
         policy: *policy,
         dry_run,
@@ -124,6 +131,18 @@ pub fn run(store: &dyn ObjectStore, policy: &Policy, dry_run: bool) -> Result<Pr
     let list = store
         .list()
         .map_err(|e| Error::Refused(format!("cannot list the backups, so none was deleted: {e}")))?;
+    report.other_servers = owner::other_servers(&list, server_name)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    report.unknown_owner = list
+        .iter()
+        .filter(|b| owner::owner(b, server_name) == Owner::Unknown)
+        .count();
+    let list: Vec<ObjectInfo> = list
+        .into_iter()
+        .filter(|b| owner::owner(b, server_name) == Owner::Ours)
+        .collect();
     let expired = expired(&list, policy, SystemTime::now());
     report.kept = list.len() - expired.len();
     for id in expired {
@@ -263,7 +282,7 @@ mod tests {
             keep_last: 1,
             older_than_days: Some(1),
         };
-        let e = run(&BrokenListing, &policy, false).unwrap_err().to_string();
+        let e = run(&BrokenListing, &policy, false, "x").unwrap_err().to_string();
         assert!(e.contains("none was deleted") && e.contains("page 2"), "{e}");
     }
 
