@@ -856,3 +856,92 @@ fn a_restore_killed_after_its_swap_is_finished_by_the_next_hook() {
     );
     assert_eq!(common::backed_up_state(&data), backed_up);
 }
+
+/// A unit of its own application for server `name`, related to the shared bucket path.
+fn unit_for(server: &S3Server, tree: &std::path::Path, name: &str, keep_last: i64) -> Juju {
+    let options = xtask::fixture::Options {
+        size: 256 << 10,
+        profile: "small".parse().unwrap(),
+        server_name: name.into(),
+        events: 200,
+        ..Default::default()
+    };
+    xtask::fixture::make(&tree.join(name), &options).unwrap();
+    let juju = related_to(server, BUCKET);
+    juju.config("backup_passphrase", json!(PASSPHRASE));
+    juju.config(
+        "synapse_config",
+        json!(tree.join(name).join("homeserver.yaml").to_str().unwrap()),
+    );
+    juju.config("synapse_service", json!("none"));
+    juju.config("backup_keep_last", json!(keep_last));
+    juju
+}
+
+#[test]
+fn two_servers_on_one_bucket_path_never_lose_each_others_backups() {
+    let server = S3Server::start(Kind::S3sFs);
+    server.create_bucket(BUCKET);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = unit_for(&server, tmp.path(), "a.example", 2);
+    let b = unit_for(&server, tmp.path(), "b.example", 2);
+    let a_ids: Vec<String> = (0..3)
+        .map(|_| {
+            let run = a.action("create-backup", json!({}));
+            run.assert_ok();
+            run.result("backup-id").unwrap().to_string()
+        })
+        .collect();
+    let created = b.action("create-backup", json!({}));
+    created.assert_ok();
+    assert_eq!(created.result("pruned"), Some("none"));
+    let b1 = created.result("backup-id").unwrap().to_string();
+    let mut want: Vec<String> = [&a_ids[1], &a_ids[2], &b1]
+        .iter()
+        .map(|id| format!("synapse/prod/{id}"))
+        .collect();
+    want.sort();
+    let mut keys = server.keys(BUCKET);
+    keys.sort();
+    assert_eq!(
+        keys, want,
+        "A's retention kept its newest two; B's first backup deleted none of them"
+    );
+
+    // B's status says whose other backups are there (active: sharing is legitimate)
+    let hook = b.hook("update-status");
+    hook.assert_ok();
+    assert_eq!(
+        hook.status(),
+        (
+            "active".into(),
+            "Backup: the bucket path also holds backups of a.example".into()
+        )
+    );
+
+    // list-backups: B's by default, everyone's with all=true
+    let listed = b.action("list-backups", json!({}));
+    listed.assert_ok();
+    assert!(listed.result(&format!("backups.{b1}.size")).is_some());
+    assert!(listed.result(&format!("backups.{}.size", a_ids[2])).is_none());
+    assert_eq!(listed.result("other-servers"), Some("a.example"));
+    let everything = b.action("list-backups", json!({"all": true}));
+    assert_eq!(
+        everything.result(&format!("backups.{}.server-name", a_ids[2])),
+        Some("a.example")
+    );
+
+    // delete-backup of A's backup from B: refused, then forced
+    let refused = b.action("delete-backup", json!({"backup-id": a_ids[2]}));
+    refused.assert_ok();
+    let failure = refused.failure().unwrap();
+    assert!(
+        failure.contains(r#"belongs to server "a.example""#) && failure.contains("force=true"),
+        "{failure}"
+    );
+    assert!(server.keys(BUCKET).contains(&format!("synapse/prod/{}", a_ids[2])));
+    let forced = b.action("delete-backup", json!({"backup-id": a_ids[2], "force": true}));
+    forced.assert_ok();
+    assert_eq!(forced.failure(), None, "{:?}", forced.failure());
+    assert!(!server.keys(BUCKET).contains(&format!("synapse/prod/{}", a_ids[2])));
+}
