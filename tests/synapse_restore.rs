@@ -298,3 +298,40 @@ fn the_charm_restores_a_lost_server_that_synapse_then_serves() {
     at_backup.messages = served;
     at_backup.assert_served_by(&s);
 }
+
+/// The charm with `synapse_service=none` refuses to restore under a Synapse that is running: the
+/// action fails saying where it answered, and Synapse keeps everything it writes.
+#[test]
+fn the_charm_without_service_control_refuses_a_running_synapse() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = s3_server::S3Server::start(s3_server::Kind::S3sFs);
+    server.create_bucket("synapse-backups");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "live.test", Layout::Image);
+    s.start();
+    let populated = s.populate(3, 1);
+    let juju = common::juju::Juju::new();
+    juju.add_relation("backup:3", "s3-integrator", &["s3-integrator/0"]);
+    juju.set_remote_app_data("backup:3", json!(server.databag("synapse-backups", "synapse/prod")));
+    juju.config("backup_passphrase", json!(common::PASSPHRASE));
+    juju.config("synapse_config", json!(s.config_arg()));
+    juju.config("synapse_service", json!("none"));
+    let created = juju.action("create-backup", json!({}));
+    created.assert_ok();
+    let id = created.result("backup-id").unwrap().to_string();
+    let session = populated.session();
+    s.send(&session, &populated.room_id, &["after the backup"]);
+
+    let refused = juju.action("restore-backup", json!({"backup-id": id}));
+    refused.assert_ok();
+    let failure = refused.failure().unwrap_or_default().to_string();
+    assert!(
+        failure.contains(&format!("Synapse is answering on {}", s.base_url())) && failure.contains("stop it first"),
+        "{failure}"
+    );
+    s.send(&session, &populated.room_id, &["after the refusal"]);
+    s.stop();
+    s.start();
+    let served = s.messages(&session, &populated.room_id, 50).unwrap();
+    assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+}
