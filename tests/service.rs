@@ -473,3 +473,31 @@ fn a_spec_it_cannot_use_is_refused_with_the_forms_it_takes() {
         r.stderr
     );
 }
+
+#[test]
+fn with_no_service_control_a_process_holding_the_database_is_refused() {
+    let s = server();
+    let before = backed_up_state(&s.data);
+    // a Synapse without a reachable listener: a process with homeserver.db open
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('select count(*) from users').fetchall(); print('open', flush=True); time.sleep(60)",
+        ])
+        .arg(s.data.join("homeserver.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    let r = s.restore("none", &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("homeserver.db is open in process") && r.stderr.contains("python3"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(backed_up_state(&s.data), before);
+}

@@ -13,23 +13,57 @@ use crate::error::Error;
 use crate::synapse::health;
 use crate::synapse::lock::Lock;
 use crate::synapse::service::ServiceControl;
-use crate::synapse::SynapseConfig;
+use crate::synapse::{Database, SynapseConfig};
 
 /// How long a stopped Synapse may keep answering before we call the stop a failure.
 pub const STOP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Refuses while Synapse answers on its listener: its data must not change under it.
+/// Refuses while Synapse runs: answering on its listener, or (where this process can see the
+/// others) a process holding its database open. Its data must not change under it.
 pub fn refuse_if_running(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> Result<(), Error> {
-    let Some(listener) = &cfg.listener else {
-        return Ok(());
-    };
-    if health::probe(listener).is_listening() {
-        return Err(Error::Refused(format!(
-            "Synapse is answering on {}: {what} would replace its data while it runs; stop it first, or {how_to_stop}",
-            listener.url()
-        )));
+    if let Some(listener) = &cfg.listener {
+        if health::probe(listener).is_listening() {
+            return Err(Error::Refused(format!(
+                "Synapse is answering on {}: {what} would replace its data while it runs; stop it first, or {how_to_stop}",
+                listener.url()
+            )));
+        }
+    }
+    if let Database::Sqlite(db) = &cfg.database {
+        if let Some((pid, name)) = holder_of(db) {
+            return Err(Error::Refused(format!(
+                "{} is open in process {pid} ({name}), so Synapse may be running: {what} would replace its data under it; stop it first, or {how_to_stop}",
+                db.display()
+            )));
+        }
     }
     Ok(())
+}
+
+/// A process (not this one) with `path` open, from `/proc/*/fd`: its pid and command name. Only
+/// what this process may read is seen (all of it as root, in the same PID namespace).
+fn holder_of(path: &std::path::Path) -> Option<(u32, String)> {
+    let me = std::process::id();
+    let target = std::fs::canonicalize(path).ok()?;
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target))
+        {
+            let name = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+            return Some((pid, name.trim().to_string()));
+        }
+    }
+    None
 }
 
 /// Rolls back a half swap (refused while Synapse runs on the half-swapped data); reports a
