@@ -1,13 +1,14 @@
 //! A local directory as a store: `<dir>/<backup-id>` per backup, with its metadata in a hidden
 //! sidecar (`.<backup-id>.meta.json`). For NFS mounts, air-gapped sites and the quick start.
 //! An upload goes to a hidden `.partial` file and is renamed into place only once complete and
-//! synced, so a crash never leaves something that lists as a backup.
+//! synced, so a crash never leaves something that lists as a backup. A create killed before that
+//! (SIGKILL runs no cleanup) leaves the `.partial` file: [`ObjectStore::leftovers`] finds it.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
+use super::{Leftover, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
 use crate::backup_id::BackupId;
 
 pub struct DirStore {
@@ -35,6 +36,11 @@ impl DirStore {
 
     fn sidecar(&self, id: &BackupId) -> PathBuf {
         self.root.join(format!(".{id}.meta.json"))
+    }
+
+    /// Where an upload goes until it is complete: `.<backup-id>.partial`.
+    fn partial(&self, id: &BackupId) -> PathBuf {
+        self.root.join(partial_name(id))
     }
 
     fn info(&self, id: BackupId) -> Result<Option<ObjectInfo>, StoreError> {
@@ -91,7 +97,7 @@ impl ObjectStore for DirStore {
     }
 
     fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError> {
-        let partial = self.root.join(format!(".{id}.partial"));
+        let partial = self.partial(id);
         let file = create_private(&partial)?;
         Ok(Box::new(DirUpload {
             // small: the archive's writes are whole 256 KiB chunks, which go straight to the file
@@ -121,6 +127,57 @@ impl ObjectStore for DirStore {
         let _ = fs::remove_file(self.sidecar(id));
         Ok(())
     }
+
+    fn leftovers(&self) -> Result<Vec<Leftover>, StoreError> {
+        let entries =
+            fs::read_dir(&self.root).map_err(|e| StoreError::io(format!("cannot read {}", self.root.display()), e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("cannot list the store", e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Some(id) = partial_id(&name) else { continue };
+            let md = match entry.metadata() {
+                Ok(md) if md.is_file() => md,
+                Ok(_) => continue,
+                // finished or removed since the listing
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("cannot read {}", entry.path().display()), e)),
+            };
+            out.push(Leftover {
+                id,
+                since: md.modified().ok(),
+                size: Some(md.len()),
+                handle: name,
+            });
+        }
+        out.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), StoreError> {
+        let path = self.partial(&leftover.id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(format!("cannot remove {}", path.display()), e)),
+        }
+        // killed between writing the sidecar and the rename: the sidecar of no backup goes too
+        if !self.object(&leftover.id).exists() {
+            let _ = fs::remove_file(self.sidecar(&leftover.id));
+        }
+        Ok(())
+    }
+}
+
+fn partial_name(id: &BackupId) -> String {
+    format!(".{id}.partial")
+}
+
+/// The backup a `.<backup-id>.partial` name is of; `None` for any other name.
+fn partial_id(name: &str) -> Option<BackupId> {
+    name.strip_prefix('.')?.strip_suffix(".partial")?.parse().ok()
 }
 
 fn create_private(path: &Path) -> Result<File, StoreError> {
@@ -204,6 +261,31 @@ mod tests {
         drop(up);
         assert!(store.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_partial_file_of_our_naming_is_a_leftover_and_goes_with_its_orphan_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let id = BackupId::now();
+        // killed after writing its sidecar, before the rename
+        fs::write(dir.path().join(format!(".{id}.partial")), b"half").unwrap();
+        fs::write(dir.path().join(format!(".{id}.meta.json")), b"{}").unwrap();
+        for other in [
+            ".backup-latest.partial",
+            ".x.partial",
+            "backup-20240101000000000000.partial",
+        ] {
+            fs::write(dir.path().join(other), b"not ours").unwrap();
+        }
+        let found = store.leftovers().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((&found[0].id, found[0].size), (&id, Some(4)));
+        assert!(found[0].since.is_some());
+        store.remove_leftover(&found[0]).unwrap();
+        store.remove_leftover(&found[0]).unwrap(); // already gone is fine
+        assert!(store.leftovers().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "the lookalikes stay");
     }
 
     #[test]

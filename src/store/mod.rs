@@ -51,6 +51,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The store cannot do what was asked (an S3 server without ListMultipartUploads).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -72,6 +75,24 @@ pub trait Upload: Write + Send + Sync {
     fn finish(self: Box<Self>) -> Result<u64, StoreError>;
 }
 
+/// What a create that never finished (killed with SIGKILL, by the OOM killer, by Juju past an
+/// action's timeout) left in the store: the directory store's hidden `.<backup-id>.partial` file,
+/// or an S3 multipart upload to `<prefix>/<backup-id>` that was neither completed nor aborted.
+/// It is never listed as a backup and cannot be restored; it only takes space (on S3, billed).
+/// A create running right now looks the same, only younger: callers decide by [`Leftover::since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// The backup the create was making.
+    pub id: BackupId,
+    /// The partial file's last write (its mtime), or when the S3 upload was initiated; `None` when
+    /// the server did not say (never old enough to remove).
+    pub since: Option<SystemTime>,
+    /// Bytes it holds (on S3 the sum of its parts), `None` when the store could not tell.
+    pub size: Option<u64>,
+    /// The store's own name for it: the file name, or the S3 upload id.
+    pub handle: String,
+}
+
 pub trait ObjectStore: Send + Sync {
     /// Where the backups are, for messages: `s3://bucket/path` or a directory.
     fn location(&self) -> String;
@@ -83,6 +104,22 @@ pub trait ObjectStore: Send + Sync {
     fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError>;
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError>;
     fn delete(&self, id: &BackupId) -> Result<(), StoreError>;
+
+    /// Every [`Leftover`] under the prefix, whatever its age (an upload running now included),
+    /// oldest first. [`StoreError::Unsupported`] when the store cannot find them. A store that
+    /// never leaves any says so with an empty list.
+    fn leftovers(&self) -> Result<Vec<Leftover>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes one leftover (deletes the file, aborts the upload). One already gone is not an error.
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(format!(
+            "{} keeps no incomplete uploads, so there is nothing of {} to remove",
+            self.location(),
+            leftover.id
+        )))
+    }
 }
 
 impl fmt::Debug for dyn ObjectStore {

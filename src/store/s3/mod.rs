@@ -8,6 +8,7 @@
 
 mod client;
 mod download;
+mod incomplete;
 mod params;
 mod upload;
 
@@ -26,7 +27,7 @@ pub use self::download::DownloadTuning;
 use self::download::S3Download;
 pub use self::params::{S3ConfigError, S3Params, SignatureVersion, UriStyle, DEFAULT_REGION, KEYS};
 use self::upload::S3Upload;
-use super::{ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
+use super::{Leftover, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
 use crate::backup_id::BackupId;
 
 /// HEAD requests in flight while a listing gathers each backup's metadata.
@@ -338,5 +339,13 @@ impl ObjectStore for S3Store {
             )
             .map_err(|e| store_error(self.cx(&format!("deleting {id}")), e))?;
         Ok(())
+    }
+
+    fn leftovers(&self) -> Result<Vec<Leftover>, StoreError> {
+        self.leftovers_blocking()
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), StoreError> {
+        self.remove_leftover_blocking(leftover)
     }
 }
