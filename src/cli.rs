@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::backup_id::BackupId;
-use crate::commands::owner;
 use crate::commands::recover::{self, Recover};
 use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
+use crate::commands::{leftovers, owner};
 use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};
 use crate::secret::Passphrase;
@@ -153,7 +153,8 @@ impl StoreArgs {
     }
 }
 
-/// Retention: which backups `prune` (and `create`, once its backup is made) deletes.
+/// Retention: which backups `prune` (and `create`, once its backup is made) deletes, and when what
+/// a killed create left is taken for abandoned and removed.
 #[derive(Args, Debug, Clone)]
 pub struct RetentionArgs {
     /// Keep only the newest N backups (0 = no limit)
@@ -163,9 +164,22 @@ pub struct RetentionArgs {
     #[arg(long, value_name = "N", env = "SYNAPSE_BACKUP_OLDER_THAN_DAYS",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub older_than_days: Option<u32>,
+    /// Remove what killed creates left (partial files, incomplete S3 uploads) once older than N
+    /// hours, a bound no running create reaches (0: every one, a running upload included)
+    #[arg(
+        long,
+        value_name = "N",
+        env = "SYNAPSE_BACKUP_ABANDONED_AFTER_HOURS",
+        default_value_t = 24
+    )]
+    pub abandoned_after_hours: u32,
 }
 
 impl RetentionArgs {
+    pub fn abandoned_after(&self) -> Duration {
+        Duration::from_secs(u64::from(self.abandoned_after_hours) * 3600)
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             keep_last: self.keep_last,
@@ -311,6 +325,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 synapse: &synapse,
                 passphrase: &passphrase,
                 store,
+                abandoned_after: retention.abandoned_after(),
             }
             .run(progress.as_ref())?;
             let mut notes = r.notes.clone();
@@ -335,6 +350,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "source-bytes": r.source_bytes, "server-name": r.server_name, "database": r.database,
                     "notes": notes, "seconds": r.elapsed.as_secs_f64(),
                     "pruned": pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "cleaned": r.cleaned.iter().map(leftovers::to_json).collect::<Vec<_>>(),
                 }),
                 || {
                     let mut out = format!(
@@ -367,8 +383,22 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     list = owner::visible(list, &synapse.server_name);
                 }
             }
-            print(cli, json!(list.iter().map(info_json).collect::<Vec<_>>()), || {
-                format_table(&list)
+            // what killed creates left, counted (whoever's): never a reason for the listing to fail
+            let incomplete = store
+                .leftovers()
+                .map_err(|e| eprintln!("note: {}", leftovers::listing_note(e)))
+                .ok();
+            let value = json!({
+                "backups": list.iter().map(info_json).collect::<Vec<_>>(),
+                "incomplete": incomplete.as_deref().map(leftovers::census_json),
+            });
+            print(cli, value, || {
+                let line = incomplete.as_deref().and_then(leftovers::census_line);
+                [format_table(&list)]
+                    .into_iter()
+                    .chain(line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         Command::Restore {
@@ -439,7 +469,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 ))
             })?;
             let r = commands::prune::run(store, &policy, *dry_run, &synapse.server_name)?;
-            print(cli, prune_json(&r), || prune_text(&r));
+            let cleaned = leftovers::clean(store, retention.abandoned_after(), *dry_run);
+            for note in &cleaned.notes {
+                eprintln!("note: {note}");
+            }
+            let mut value = prune_json(&r);
+            value["cleaned"] = json!(cleaned.cleaned.iter().map(leftovers::to_json).collect::<Vec<_>>());
+            print(cli, value, || {
+                [prune_text(&r)]
+                    .into_iter()
+                    .chain(cleaned.summary())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
             if !r.failed.is_empty() {
                 return Err(Error::Refused(format!(
                     "could not delete {} expired backup(s): {}",

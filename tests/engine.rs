@@ -442,7 +442,13 @@ fn a_full_disk_fails_clearly_and_loses_nothing() {
         made.stderr
     );
     let listed = cli(&config, &full_store, &["--json", "list"]);
-    assert!(listed.ok && listed.stdout.trim() == "[]", "{}", listed.stdout);
+    assert!(listed.ok, "{}", listed.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed["backups"], serde_json::json!([]), "{listed}");
+    assert_eq!(
+        listed["incomplete"]["count"], 0,
+        "a partial upload is counted: {listed}"
+    );
     assert_eq!(
         fs::read_dir(&full_store).unwrap().count(),
         0,

@@ -146,6 +146,7 @@ fn list_shows_this_servers_backups_and_the_others_on_request() {
     );
     let r = cli(&b.config, &store, &["--json", "list", "--all"]);
     let all: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let all = &all["backups"];
     let servers: Vec<_> = all
         .as_array()
         .unwrap()

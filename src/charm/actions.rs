@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::service::{retention, synapse_service};
 use super::state::{option, CharmState, S3Settings};
 use crate::backup_id::BackupId;
-use crate::commands::{self, owner, prune, restore::left_synapse_stopped, Create, Restore, Verify};
+use crate::commands::{self, leftovers, owner, prune, restore::left_synapse_stopped, Create, Restore, Verify};
 use crate::error::Error;
 use crate::juju::{HookTools, LogLevel, Status, StatusKind, ToolError};
 use crate::progress::{Progress, ProgressSink, Throttled};
@@ -86,6 +86,7 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
             synapse: &synapse,
             passphrase,
             store: store.as_ref(),
+            abandoned_after: leftovers::DEFAULT_ABANDONED_AFTER,
         }
         .run(&action_log(tools))
     })?
@@ -106,6 +107,9 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
         kv("files", report.files),
         kv("server-name", &report.server_name),
         kv("result", "correct"),
+        // what killed creates left, removed (the notes above said so)
+        kv("cleaned", ids_or_none(report.cleaned.iter().map(|l| l.id.to_string()))),
+        kv("cleaned-bytes", leftovers::known_bytes(&report.cleaned)),
     ];
     if !policy.keeps_everything() {
         // the backup is made: a pruning problem is a note, not a failed action
@@ -159,10 +163,34 @@ fn list(state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, Stri
         }
     }
     results.push(kv("formatted", formatted_table(&backups)));
+    match store.leftovers() {
+        Ok(found) => {
+            results.push(kv("incomplete-uploads", found.len()));
+            results.push(kv("incomplete-bytes", leftovers::known_bytes(&found)));
+            let unknown = leftovers::unknown_sizes(&found);
+            if unknown > 0 {
+                results.push(kv("incomplete-sizes-unknown", unknown));
+            }
+        }
+        Err(e) => {
+            results.push(kv("incomplete-uploads", "unknown"));
+            results.push(kv("incomplete-note", leftovers::listing_note(e)));
+        }
+    }
     if let Ok(policy) = retention(state) {
         results.push(kv("retention", policy));
     }
     Ok(Outcome::ok(results))
+}
+
+/// `a,b,c`, or `none`.
+fn ids_or_none(ids: impl Iterator<Item = String>) -> String {
+    let ids: Vec<String> = ids.collect();
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.join(",")
+    }
 }
 
 /// A single command-line argument is capped at 128 KiB (Linux's MAX_ARG_STRLEN): past that, the

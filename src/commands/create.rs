@@ -1,15 +1,16 @@
 //! `create`: snapshot the database, stream signing key + database + local media through
-//! tar → gzip → OpenPGP into the store, and report what went in.
+//! tar → gzip → OpenPGP into the store, and report what went in. Once the backup is made, what
+//! earlier creates killed mid-upload left in the store is removed (see [`super::leftovers`]).
 
 use std::time::{Duration, Instant};
 
-use super::recover;
+use super::{leftovers, recover};
 use crate::archive::{self, Header, Plan, Source};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::{Leftover, ObjectMeta, ObjectStore};
 use crate::synapse::lock::Lock;
 use crate::synapse::{sqlite, Database, SynapseConfig};
 use crate::units::rfc3339;
@@ -18,6 +19,9 @@ pub struct Create<'a> {
     pub synapse: &'a SynapseConfig,
     pub passphrase: &'a Passphrase,
     pub store: &'a dyn ObjectStore,
+    /// Leftovers of killed creates older than this are removed once the backup is made
+    /// ([`leftovers::DEFAULT_ABANDONED_AFTER`]; zero takes every one, a running upload included).
+    pub abandoned_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -30,8 +34,10 @@ pub struct CreateReport {
     pub source_bytes: u64,
     pub server_name: String,
     pub database: &'static str,
-    /// Things the operator should know (e.g. PostgreSQL needs its own backup).
+    /// Things the operator should know (e.g. PostgreSQL needs its own backup, what was cleaned).
     pub notes: Vec<String>,
+    /// What earlier killed creates left in the store, removed after this backup was made.
+    pub cleaned: Vec<Leftover>,
     pub elapsed: Duration,
 }
 
@@ -79,6 +85,9 @@ impl Create<'_> {
         drop(snapshot);
         let stored_bytes = upload.finish()?;
         notes.extend(recover::after_success(cfg));
+        // housekeeping: the backup is made, so nothing here fails it
+        let cleaned = leftovers::clean(self.store, self.abandoned_after, false);
+        notes.extend(cleaned.lines());
         Ok(CreateReport {
             id,
             stored_bytes,
@@ -87,6 +96,7 @@ impl Create<'_> {
             server_name: cfg.server_name.clone(),
             database: cfg.database.kind(),
             notes,
+            cleaned: cleaned.cleaned,
             elapsed: started.elapsed(),
         })
     }

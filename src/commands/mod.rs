@@ -3,6 +3,7 @@
 
 pub mod create;
 pub mod delete;
+pub mod leftovers;
 pub mod list;
 pub mod owner;
 pub mod prune;
