@@ -335,3 +335,39 @@ fn the_charm_without_service_control_refuses_a_running_synapse() {
     let served = s.messages(&session, &populated.room_id, 50).unwrap();
     assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
 }
+
+/// A service manager that says "stopped" while Synapse still answers: the restore swaps nothing,
+/// starts nothing new, and says so; Synapse keeps serving its data.
+#[test]
+fn a_stop_that_does_not_take_changes_nothing_under_a_real_synapse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "stubborn.test", Layout::Image);
+    s.start();
+    let populated = s.populate(3, 1);
+    let config = s.config_arg();
+    assert!(cli(&config, &store, &["create"]).ok);
+    let id = common::only_backup(&store);
+    let session = populated.session();
+    s.send(&session, &populated.room_id, &["after the backup"]);
+    // Pebble answers every stop and start, and touches nothing
+    let pebble = PebbleStandIn::start(&dir.path().join("pebble.socket"), &["synapse"]);
+    let r = cli(&config, &store, &["restore", &id, "--service", &pebble.spec("synapse")]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("Synapse was stopped through pebble:synapse")
+            && r.stderr.contains("still answers")
+            && r.stderr.contains("nothing was restored"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pebble.events(), ["stop synapse"]);
+    let served = s.messages(&session, &populated.room_id, 50).unwrap();
+    assert_eq!(served.last().map(String::as_str), Some("after the backup"));
+    let leftovers: Vec<_> = std::fs::read_dir(s.data_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("synapse-backup-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
