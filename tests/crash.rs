@@ -230,3 +230,76 @@ fn a_second_operation_on_the_same_synapse_is_refused_while_one_runs() {
     );
     assert!(started.elapsed().as_secs() < 10, "it fails at once");
 }
+
+/// After `restore --service none` the journal says `swapped` and the previous data is kept.
+fn kept_restore(s: &Server) {
+    let (_, r) = run(&s.config, Some(&s.store), &["restore", &s.id], &[]);
+    assert!(r.ok, "{}", r.stderr);
+}
+
+fn staged_db(s: &Server) -> PathBuf {
+    let dir = s.data.join(format!(".synapse-backup-restore-{}", s.id));
+    dir.join("homeserver.db")
+}
+
+#[test]
+fn a_rollback_whose_previous_data_is_gone_moves_nothing() {
+    let s = Server::new();
+    kept_restore(&s);
+    // a commit cut short: the previous database already deleted, the journal still there
+    fs::remove_file(staged_db(&s)).unwrap();
+    let r = s.recover(&["--rollback"]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("is gone") && r.stderr.contains("nothing was moved"),
+        "{}",
+        r.stderr
+    );
+    assert!(s.data.join("homeserver.db").is_file(), "the live database stays");
+}
+
+#[test]
+fn a_rollback_after_the_data_was_copied_in_place_moves_nothing() {
+    let s = Server::new();
+    kept_restore(&s);
+    // the restored database replaced by a copy of itself (a volume copied back, rsync)
+    let live = s.data.join("homeserver.db");
+    let copy = s.data.join("homeserver.db.copy");
+    fs::copy(&live, &copy).unwrap();
+    fs::rename(&copy, &live).unwrap();
+    let r = s.recover(&["--rollback"]);
+    assert!(!r.ok);
+    assert!(r.stderr.contains("neither in place nor staged"), "{}", r.stderr);
+    assert!(staged_db(&s).is_file(), "the previous data is kept");
+    assert_eq!(s.targets()["signing key"], "new");
+}
+
+#[test]
+fn a_journal_naming_other_paths_is_refused_and_nothing_is_touched() {
+    let s = Server::new();
+    let victim = s._tmp.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("precious"), "x").unwrap();
+    let journal = serde_json::json!({
+        "backup_id": s.id, "phase": "swapped", "targets": [], "staging": [victim],
+    });
+    fs::write(s.data.join(".synapse-backup-restore.journal"), journal.to_string()).unwrap();
+    let made = cli(&s.config, &s.store, &["create"]);
+    assert!(!made.ok);
+    assert!(
+        made.stderr.contains("as a staging directory") && made.stderr.contains("was not used"),
+        "{}",
+        made.stderr
+    );
+    assert!(victim.join("precious").exists());
+}
+
+#[test]
+fn the_journal_is_never_written_through_a_planted_link() {
+    let s = Server::new();
+    let victim = s._tmp.path().join("victim-file");
+    fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, s.data.join(".synapse-backup-restore.journal.tmp")).unwrap();
+    kept_restore(&s);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+}

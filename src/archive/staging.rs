@@ -507,7 +507,8 @@ impl Staged {
                 Target {
                     live: live.clone(),
                     staged: staged.clone(),
-                    staged_id: (0, 0), // read by the swap
+                    staged_id: (0, 0), // both read by the swap
+                    had_live: false,
                     aside: aside_of(live),
                     companions,
                 }

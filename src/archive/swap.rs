@@ -18,7 +18,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{renameat_with, RenameFlags, CWD};
@@ -42,6 +42,9 @@ pub struct Target {
     pub staged_id: (u64, u64),
     /// Where the live data goes when the filesystem cannot exchange.
     pub aside: PathBuf,
+    /// Was there live data to replace (a lost server's target is absent)?
+    #[serde(default)]
+    pub had_live: bool,
     /// Files that go aside with it and are not replaced: a database's stale `-wal` and `-shm`.
     #[serde(default)]
     pub companions: Vec<Companion>,
@@ -58,6 +61,8 @@ pub struct Companion {
 pub enum Phase {
     Swapping,
     Swapped,
+    /// An undo is under way: recovery goes on rolling back, never commits.
+    RollingBack,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -116,7 +121,17 @@ impl Journal {
         let tmp = path.with_extension("journal.tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| ArchiveError::write(path, io::Error::other(e)))?;
         let written = (|| {
-            let mut f = File::create(&tmp)?;
+            // never through a link another user planted: a fresh file of our own
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
             fs::rename(&tmp, path)?;
@@ -128,6 +143,7 @@ impl Journal {
     /// Records each staged copy's identity, which rollback looks for at the live path.
     fn identify(&mut self) -> Result<(), ArchiveError> {
         for t in &mut self.targets {
+            t.had_live = exists(&t.live);
             t.staged_id = identity(&t.staged).ok_or_else(|| {
                 ArchiveError::io(
                     "swapping the restored data in",
@@ -249,6 +265,30 @@ fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> 
 /// the staging directories (they now hold the restored copies) and the journal. On a rename that
 /// fails, the journal stays so that a later run can finish the job.
 fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
+    // Every restored copy must be where the journal says it could be (live or staged), and the
+    // previous data where an undo would take it from: otherwise the directory was changed behind
+    // the journal's back (copied in place, a commit cut short) and nothing is moved.
+    for t in &journal.targets {
+        let installed = identity(&t.live) == Some(t.staged_id);
+        let staged_here = identity(&t.staged) == Some(t.staged_id);
+        if !installed && !staged_here {
+            return Err(format!(
+                "the restored copy of {} is neither in place nor staged (the data was changed since the restore); nothing was moved",
+                t.live.display()
+            ));
+        }
+        if installed && !exists(&t.staged) && !exists(&t.aside) && t.had_live {
+            return Err(format!(
+                "the data {} replaced is gone (a commit was cut short); nothing was moved",
+                t.live.display()
+            ));
+        }
+    }
+    let mut undoing = journal.clone();
+    undoing.phase = Phase::RollingBack;
+    if journal.phase != Phase::RollingBack {
+        undoing.write(journal_path).map_err(|e| e.to_string())?;
+    }
     let mut failed = Vec::new();
     let rename = |from: &Path, to: &Path, failed: &mut Vec<String>| {
         if let Err(e) = fs::rename(from, to) {
@@ -258,6 +298,13 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
     for t in journal.targets.iter().rev() {
         let installed = identity(&t.live) == Some(t.staged_id);
         if installed {
+            // a -wal or -shm here now belongs to the restored database: it leaves first, so the
+            // previous database is never beside the restored one's log
+            for c in &t.companions {
+                if exists(&c.live) {
+                    rename(&c.live, &staged_companion(&t.staged, &c.live), &mut failed);
+                }
+            }
             if exists(&t.staged) {
                 // exchanged: the previous data is at the staged name
                 match exchange(&t.live, &t.staged) {
@@ -267,12 +314,6 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
                 }
             } else {
                 rename(&t.live, &t.staged, &mut failed);
-            }
-            // a -wal or -shm here now belongs to the restored database: it goes with it
-            for c in &t.companions {
-                if exists(&c.live) {
-                    rename(&c.live, &staged_companion(&t.staged, &c.live), &mut failed);
-                }
             }
         }
         let moved = std::iter::once((&t.live, &t.aside)).chain(t.companions.iter().map(|c| (&c.live, &c.aside)));
@@ -296,9 +337,16 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
     for dir in journal.targets.iter().filter_map(|t| t.live.parent()) {
         let _ = sync_dir(dir);
     }
+    forget(journal_path);
     remove_dirs(&journal.staging);
-    let _ = fs::remove_file(journal_path);
     Ok(())
+}
+
+/// The journal goes (durably) before the staging directories it names: a kill in between leaves
+/// stale staging, which the next command removes, never a journal pointing at missing data.
+fn forget(journal_path: &Path) {
+    let _ = fs::remove_file(journal_path);
+    let _ = sync_dir(journal_path.parent().unwrap_or(Path::new("/")));
 }
 
 /// Where a restored database's own `-wal`/`-shm` go on rollback: beside its staged copy, under a
@@ -331,8 +379,8 @@ impl Swapped {
 }
 
 fn commit(journal_path: &Path, journal: &Journal) {
+    forget(journal_path);
     remove_dirs(&journal.staging);
-    let _ = fs::remove_file(journal_path);
 }
 
 fn remove_dirs(dirs: &[PathBuf]) {
@@ -368,15 +416,81 @@ impl Found {
     }
 }
 
-/// Finds the journal of an interrupted restore; rolls a half swap back. A full swap is left as it
-/// is (see [`commit_pending`] and [`rollback_pending`]).
-pub fn recover(cfg: &SynapseConfig) -> Result<Option<Found>, ArchiveError> {
+/// This Synapse's restore journal, if any, once it is known to be ours: a regular file of this
+/// user's that no one else may write, naming only the paths a restore of this config makes. The
+/// journal sits in a directory Synapse's own user can write, and what it names is renamed and
+/// deleted as root: anything else is refused, untouched.
+pub fn load(cfg: &SynapseConfig) -> Result<Option<Journal>, ArchiveError> {
     let path = journal_path(cfg);
+    let refuse = |why: String| {
+        ArchiveError::Refused(format!(
+            "the restore journal {} {why}; it was not used (check the data beside it, then remove the journal by hand)",
+            path.display()
+        ))
+    };
+    let md = match path.symlink_metadata() {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ArchiveError::io(
+                format!("cannot read the restore journal {}", path.display()),
+                e,
+            ))
+        }
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if !md.is_file() || md.uid() != me || md.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is not a private file of this user (type {:?}, owner {}, mode {:o})",
+            md.file_type(),
+            md.uid(),
+            md.mode() & 0o7777
+        )));
+    }
     let Some(journal) = Journal::read(&path)? else {
         return Ok(None);
     };
+    if journal.backup_id.parse::<crate::backup_id::BackupId>().is_err() {
+        return Err(refuse("names no valid backup id".into()));
+    }
+    let name = format!("{STAGING_PREFIX}{}", journal.backup_id);
+    let parents = staging_parents(cfg);
+    let staging_ok = |d: &Path| parents.iter().any(|p| d == p.join(&name));
+    if let Some(bad) = journal.staging.iter().find(|d| !staging_ok(d)) {
+        return Err(refuse(format!("names {} as a staging directory", bad.display())));
+    }
+    let inside = |p: &Path| journal.staging.iter().any(|d| p.starts_with(d) && p != d);
+    let mut lives = vec![cfg.signing_key_path.clone()];
+    lives.extend(super::MEDIA_DIRS.iter().map(|d| cfg.media_store_path.join(d)));
+    if let Database::Sqlite(db) = &cfg.database {
+        lives.push(db.clone());
+        for suffix in ["-wal", "-shm"] {
+            let mut p = db.as_os_str().to_os_string();
+            p.push(suffix);
+            lives.push(PathBuf::from(p));
+        }
+    }
+    for t in &journal.targets {
+        let companions_ok = t.companions.iter().all(|c| lives.contains(&c.live) && inside(&c.aside));
+        if !lives.contains(&t.live) || !inside(&t.staged) || !inside(&t.aside) || !companions_ok {
+            return Err(refuse(format!(
+                "names {} in a way no restore of this config does",
+                t.live.display()
+            )));
+        }
+    }
+    Ok(Some(journal))
+}
+
+/// Finds the journal of an interrupted restore; rolls a half swap (or a half undo) back. A full
+/// swap is left as it is (see [`commit_pending`] and [`rollback_pending`]).
+pub fn recover(cfg: &SynapseConfig) -> Result<Option<Found>, ArchiveError> {
+    let path = journal_path(cfg);
+    let Some(journal) = load(cfg)? else {
+        return Ok(None);
+    };
     match journal.phase {
-        Phase::Swapping => {
+        Phase::Swapping | Phase::RollingBack => {
             rollback(&path, &journal).map_err(|e| {
                 ArchiveError::Refused(format!(
                     "an interrupted restore of {} could not be rolled back: {e}; the journal {} says what goes where",
@@ -398,7 +512,7 @@ pub fn recover(cfg: &SynapseConfig) -> Result<Option<Found>, ArchiveError> {
 /// Drops the previous data a finished restore kept; the backup id, if there was one.
 pub fn commit_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveError> {
     let path = journal_path(cfg);
-    match Journal::read(&path)? {
+    match load(cfg)? {
         Some(j) if j.phase == Phase::Swapped => {
             commit(&path, &j);
             Ok(Some(j.backup_id))
@@ -410,7 +524,7 @@ pub fn commit_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveErro
 /// Puts back the data a finished restore replaced (its previous data is still kept).
 pub fn rollback_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveError> {
     let path = journal_path(cfg);
-    match Journal::read(&path)? {
+    match load(cfg)? {
         Some(j) => {
             rollback(&path, &j).map_err(|e| {
                 ArchiveError::Refused(format!("rolling back the restore of {} failed: {e}", j.backup_id))
@@ -424,9 +538,7 @@ pub fn rollback_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveEr
 /// Removes staging directories no journal needs (left by a restore killed before its swap);
 /// what it removed.
 pub fn remove_stale_staging(cfg: &SynapseConfig) -> Result<Vec<PathBuf>, ArchiveError> {
-    let keep = Journal::read(&journal_path(cfg))?
-        .map(|j| j.staging)
-        .unwrap_or_default();
+    let keep = load(cfg)?.map(|j| j.staging).unwrap_or_default();
     let mut removed = Vec::new();
     for dir in staging_parents(cfg) {
         let Ok(entries) = fs::read_dir(&dir) else { continue };
@@ -531,6 +643,7 @@ mod tests {
                 live: d.join("db"),
                 staged: staging.join("db"),
                 staged_id: (0, 0),
+                had_live: false,
                 aside: staging.join("previous/db"),
                 companions: vec![Companion {
                     live: d.join("db-wal"),
@@ -541,6 +654,7 @@ mod tests {
                 live: d.join("key"),
                 staged: staging.join("key"),
                 staged_id: (0, 0),
+                had_live: false,
                 aside: staging.join("previous/key"),
                 companions: vec![],
             },

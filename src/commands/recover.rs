@@ -21,6 +21,12 @@ pub const STOP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refuses while Synapse runs: answering on its listener, or (where this process can see the
 /// others) a process holding its database open. Its data must not change under it.
 pub fn refuse_if_running(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> Result<(), Error> {
+    refuse_if_answering(cfg, what, how_to_stop)?;
+    refuse_if_holding_the_database(cfg, what, how_to_stop)
+}
+
+/// Refuses while something answers on Synapse's listener.
+pub fn refuse_if_answering(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> Result<(), Error> {
     if let Some(listener) = &cfg.listener {
         if health::probe(listener).is_listening() {
             return Err(Error::Refused(format!(
@@ -29,6 +35,11 @@ pub fn refuse_if_running(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> 
             )));
         }
     }
+    Ok(())
+}
+
+/// Refuses while a process holds Synapse's SQLite database open.
+pub fn refuse_if_holding_the_database(cfg: &SynapseConfig, what: &str, how_to_stop: &str) -> Result<(), Error> {
     if let Database::Sqlite(db) = &cfg.database {
         if let Some((pid, name)) = holder_of(db) {
             return Err(Error::Refused(format!(
@@ -69,8 +80,8 @@ fn holder_of(path: &std::path::Path) -> Option<(u32, String)> {
 /// Rolls back a half swap (refused while Synapse runs on the half-swapped data); reports a
 /// finished one that still keeps its previous data.
 fn find(cfg: &SynapseConfig) -> Result<Option<Found>, Error> {
-    if let Some(j) = swap::Journal::read(&swap::journal_path(cfg))? {
-        if j.phase == swap::Phase::Swapping {
+    if let Some(j) = swap::load(cfg)? {
+        if j.phase != swap::Phase::Swapped {
             refuse_if_running(
                 cfg,
                 &format!("rolling back the interrupted restore of {}", j.backup_id),
@@ -163,9 +174,19 @@ impl Finish<'_> {
     /// The restored data did not start: stop Synapse, `put_back` the previous data, start it.
     pub fn roll_back(&self, put_back: impl FnOnce() -> Result<(), String>, why: &str) -> Error {
         let service = self.service.describe();
-        let _ = self.service.stop();
-        if let Some(listener) = &self.synapse.listener {
-            let _ = health::wait_down(listener, STOP_CONFIRM_TIMEOUT);
+        let stopped = self
+            .service
+            .stop()
+            .map_err(|e| e.to_string())
+            .and_then(|()| match &self.synapse.listener {
+                Some(listener) => health::wait_down(listener, STOP_CONFIRM_TIMEOUT),
+                None => Ok(()),
+            });
+        if let Err(e) = stopped {
+            // never put data back under a Synapse that may still run on it
+            return Error::SynapseDown(format!(
+                "the restored data did not start: {why}; and Synapse could not be stopped to put the previous data back ({service}: {e}): the restored data is in place, the previous data is kept (`synapse-backup recover --rollback` once Synapse is stopped)"
+            ));
         }
         if let Err(e) = put_back() {
             return Error::SynapseDown(format!(
@@ -188,8 +209,7 @@ impl Recover<'_> {
     pub fn run(&self) -> Result<Vec<String>, Error> {
         let cfg = self.synapse;
         let _lock = Lock::acquire(cfg, "recover")?;
-        let rolled_back_half =
-            matches!(swap::Journal::read(&swap::journal_path(cfg))?, Some(j) if j.phase == swap::Phase::Swapping);
+        let rolled_back_half = matches!(swap::load(cfg)?, Some(j) if j.phase != swap::Phase::Swapped);
         let mut said = before(cfg, false)?;
         if rolled_back_half {
             // a restore stops Synapse before it swaps: it is ours to start again

@@ -69,13 +69,7 @@ impl Restore<'_> {
         }
         let service = self.service.describe();
         let controlled = service != "none";
-        if !controlled && !self.even_if_running {
-            recover::refuse_if_running(
-                cfg,
-                "the restore",
-                "pass --service systemd:<unit> or pebble:<service> to have it stopped and started (nothing was changed)",
-            )?;
-        }
+        self.refuse_if_running()?;
         self.check_free_space(info.size)?;
         let mut stager = Stager::new(cfg, self.id, self.force)?;
         let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
@@ -110,8 +104,16 @@ impl Restore<'_> {
                 )));
             }
         }
+        // staging may take hours: a Synapse nobody stopped may have been started meanwhile
+        self.refuse_if_running()?;
         let swapped = match staged.swap(&swap::journal_path(cfg), self.id.as_str()) {
             Ok(s) => s,
+            Err(e) if swap::load(cfg).ok().flatten().is_some() => {
+                // the undo itself failed: the journal says what is where; start nothing on it
+                return Err(Error::SynapseDown(format!(
+                    "{e}; Synapse was left stopped ({service}): run `synapse-backup recover` to finish the rollback"
+                )));
+            }
             Err(e) => {
                 return Err(match self.service.start() {
                     Ok(()) => e.into(),
@@ -151,6 +153,20 @@ impl Restore<'_> {
             notes,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// With no service control, Synapse must not be running (its listener answering — unless the
+    /// operator says it is not Synapse's — or a process holding its database).
+    fn refuse_if_running(&self) -> Result<(), Error> {
+        if self.service.describe() != "none" {
+            return Ok(());
+        }
+        let how =
+            "pass --service systemd:<unit> or pebble:<service> to have it stopped and started (nothing was changed)";
+        if !self.even_if_running {
+            recover::refuse_if_answering(self.synapse, "the restore", how)?;
+        }
+        recover::refuse_if_holding_the_database(self.synapse, "the restore", how)
     }
 
     /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with

@@ -46,6 +46,10 @@ pub fn probe(listener: &HttpListener) -> Probe {
 fn probe_addr(addr: &SocketAddr) -> Probe {
     let mut stream = match TcpStream::connect_timeout(addr, PROBE_TIMEOUT) {
         Ok(s) => s,
+        // a time-out may be a frozen Synapse (full accept queue) or a firewall: not "down"
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Probe::Answering(format!("{addr} neither accepted nor refused a connection: {e}"))
+        }
         Err(e) => return Probe::Down(format!("{addr}: {e}")),
     };
     let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
