@@ -303,3 +303,20 @@ fn the_journal_is_never_written_through_a_planted_link() {
     kept_restore(&s);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
 }
+
+#[test]
+fn a_target_that_is_a_symlink_is_refused_before_anything_changes() {
+    let s = Server::new();
+    let elsewhere = s._tmp.path().join("big/homeserver.db");
+    fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    fs::rename(s.data.join("homeserver.db"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, s.data.join("homeserver.db")).unwrap();
+    let (_, r) = run(&s.config, Some(&s.store), &["restore", &s.id], &[]);
+    assert!(!r.ok);
+    assert!(r.stderr.contains("is a symbolic link"), "{}", r.stderr);
+    assert!(fs::symlink_metadata(s.data.join("homeserver.db"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(s.targets()["signing key"], "old");
+}

@@ -175,6 +175,13 @@ impl Stager {
         let Some(target) = self.target(role) else {
             return Ok(None);
         };
+        if target.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            // the swap would replace the link, and leave what it points to stale
+            return Err(ArchiveError::Refused(format!(
+                "{} is a symbolic link: a restore would replace the link, not what it points to; set Synapse's config to the real path (nothing was changed)",
+                target.display()
+            )));
+        }
         let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let owner = self.owner(role);
         let staged = self.staging_for(&target, owner)?.join(name);
