@@ -240,11 +240,7 @@ fn service_none_refuses_a_running_synapse() {
         "{}",
         r.stderr
     );
-    s.send(&session, &populated.room_id, &["after the refusal"]);
-    s.stop();
-    s.start();
-    let served = s.messages(&session, &populated.room_id, 50).unwrap();
-    assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+    assert_keeps_writing_after_a_refusal(&mut s, &populated);
 }
 
 /// The charm, driven through `dispatch` as Juju drives it, with a real Synapse as its workload:
@@ -259,11 +255,7 @@ fn the_charm_restores_a_lost_server_that_synapse_then_serves() {
     let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "charm.test", Layout::Image);
     s.start();
     let populated = s.populate(8, 2);
-    let juju = common::juju::Juju::new();
-    juju.add_relation("backup:3", "s3-integrator", &["s3-integrator/0"]);
-    juju.set_remote_app_data("backup:3", json!(server.databag("synapse-backups", "synapse/prod")));
-    juju.config("backup_passphrase", json!(common::PASSPHRASE));
-    juju.config("synapse_config", json!(s.config_arg()));
+    let juju = charm_unit(&server, &s);
     juju.relation_hook("backup:3", "changed", None).assert_ok();
 
     let (created, live) = under_a_writer(&s, &populated, || juju.action("create-backup", json!({})));
@@ -310,11 +302,7 @@ fn the_charm_without_service_control_refuses_a_running_synapse() {
     let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "live.test", Layout::Image);
     s.start();
     let populated = s.populate(3, 1);
-    let juju = common::juju::Juju::new();
-    juju.add_relation("backup:3", "s3-integrator", &["s3-integrator/0"]);
-    juju.set_remote_app_data("backup:3", json!(server.databag("synapse-backups", "synapse/prod")));
-    juju.config("backup_passphrase", json!(common::PASSPHRASE));
-    juju.config("synapse_config", json!(s.config_arg()));
+    let juju = charm_unit(&server, &s);
     juju.config("synapse_service", json!("none"));
     let created = juju.action("create-backup", json!({}));
     created.assert_ok();
@@ -329,11 +317,7 @@ fn the_charm_without_service_control_refuses_a_running_synapse() {
         failure.contains(&format!("Synapse is answering on {}", s.base_url())) && failure.contains("stop it first"),
         "{failure}"
     );
-    s.send(&session, &populated.room_id, &["after the refusal"]);
-    s.stop();
-    s.start();
-    let served = s.messages(&session, &populated.room_id, 50).unwrap();
-    assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+    assert_keeps_writing_after_a_refusal(&mut s, &populated);
 }
 
 /// A service manager that says "stopped" while Synapse still answers: the restore swaps nothing,
@@ -370,4 +354,26 @@ fn a_stop_that_does_not_take_changes_nothing_under_a_real_synapse() {
         .filter(|e| e.file_name().to_string_lossy().contains("synapse-backup-restore"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A refused restore changed nothing: Synapse takes another message, and after a restart still
+/// serves everything, the message sent after the backup included.
+fn assert_keeps_writing_after_a_refusal(s: &mut Synapse, populated: &Populated) {
+    let session = populated.session();
+    s.send(&session, &populated.room_id, &["after the refusal"]);
+    s.stop();
+    s.start();
+    let served = s.messages(&session, &populated.room_id, 50).unwrap();
+    assert!(served.ends_with(&["after the backup".to_string(), "after the refusal".to_string()]));
+}
+
+/// A charm unit whose workload is `s`, related to the s3s-fs bucket `synapse-backups`.
+fn charm_unit(server: &s3_server::S3Server, s: &Synapse) -> common::juju::Juju {
+    use serde_json::json;
+    let juju = common::juju::Juju::new();
+    juju.add_relation("backup:3", "s3-integrator", &["s3-integrator/0"]);
+    juju.set_remote_app_data("backup:3", json!(server.databag("synapse-backups", "synapse/prod")));
+    juju.config("backup_passphrase", json!(common::PASSPHRASE));
+    juju.config("synapse_config", json!(s.config_arg()));
+    juju
 }
