@@ -771,20 +771,29 @@ fn retention_after_create_and_a_restore_that_cannot_start_synapse() {
     );
 }
 
-#[test]
-fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
-    let server = S3Server::start(Kind::S3sFs);
-    let tmp = tempfile::tempdir().unwrap();
-    let (juju, data) = ready_unit(&server, tmp.path());
+/// A ready unit with one backup, its Synapse controlled through a Pebble stand-in (which serves
+/// no HTTP: the health check is off).
+fn backed_up_unit_behind_pebble(
+    server: &S3Server,
+    tree: &std::path::Path,
+) -> (Juju, std::path::PathBuf, String, common::pebble::PebbleStandIn) {
+    let (juju, data) = ready_unit(server, tree);
     let created = juju.action("create-backup", json!({}));
     created.assert_ok();
     let id = created.result("backup-id").unwrap().to_string();
+    let pebble = common::pebble::PebbleStandIn::start(&tree.join("pebble.socket"), &["synapse"]);
+    juju.config("synapse_service", json!(pebble.spec("synapse")));
+    juju.config("synapse_health_timeout", json!(0));
+    (juju, data, id, pebble)
+}
+
+#[test]
+fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
+    let (server, tmp) = (S3Server::start(Kind::S3sFs), tempfile::tempdir().unwrap());
+    let (juju, data, id, pebble) = backed_up_unit_behind_pebble(&server, tmp.path());
     std::fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
     let before = common::backed_up_state(&data);
 
-    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
-    juju.config("synapse_service", json!(pebble.spec("synapse")));
-    juju.config("synapse_health_timeout", json!(0));
     // Juju ends the action (SIGKILL) between the swap's first and second exchange
     let killed = juju.action_with_env(
         "restore-backup",
@@ -813,18 +822,11 @@ fn a_restore_killed_mid_swap_is_rolled_back_by_the_next_hook() {
 
 #[test]
 fn a_restore_killed_after_its_swap_is_finished_by_the_next_hook() {
-    let server = S3Server::start(Kind::S3sFs);
-    let tmp = tempfile::tempdir().unwrap();
-    let (juju, data) = ready_unit(&server, tmp.path());
-    let created = juju.action("create-backup", json!({}));
-    created.assert_ok();
-    let id = created.result("backup-id").unwrap().to_string();
+    let (server, tmp) = (S3Server::start(Kind::S3sFs), tempfile::tempdir().unwrap());
+    let (juju, data, id, pebble) = backed_up_unit_behind_pebble(&server, tmp.path());
     let backed_up = common::backed_up_state(&data);
     std::fs::write(data.join("example.com.signing.key"), "ed25519 a_new other\n").unwrap();
 
-    let pebble = common::pebble::PebbleStandIn::start(&tmp.path().join("pebble.socket"), &["synapse"]);
-    juju.config("synapse_service", json!(pebble.spec("synapse")));
-    juju.config("synapse_health_timeout", json!(0));
     // killed once every target is swapped in, before Synapse was started again
     let killed = juju.action_with_env(
         "restore-backup",

@@ -101,16 +101,7 @@ fn a_lost_server_gets_back_files_its_synapse_user_owns() {
     let (data, config, _id) = backup_of_an_image_tree(tmp.path());
     let expected = owners(&data);
     // a lost server: only its config (and its directory) are left
-    for entry in fs::read_dir(&data).unwrap().flatten() {
-        if entry.file_name() != "homeserver.yaml" {
-            let p = entry.path();
-            if p.is_dir() {
-                fs::remove_dir_all(p).unwrap();
-            } else {
-                fs::remove_file(p).unwrap();
-            }
-        }
-    }
+    lose_all_but_config(&data);
     let r = cli(
         &config,
         &tmp.path().join("store"),

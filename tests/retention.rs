@@ -39,16 +39,6 @@ fn prune_as(store: &Path, server: &str, args: &[&str]) -> Run {
     cli(&config, store, &[&["prune"], args].concat())
 }
 
-fn listed(store: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = fs::read_dir(store)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("backup-"))
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn keep_last_deletes_all_but_the_newest_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
@@ -62,7 +52,7 @@ fn keep_last_deletes_all_but_the_newest_and_nothing_else() {
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["pruned"], serde_json::json!(ids[..3]));
     assert_eq!(report["kept"], 2);
-    assert_eq!(listed(&store), [&ids[3], &ids[4], "backup-notes.txt"]);
+    assert_eq!(backup_names(&store), [&ids[3], &ids[4], "backup-notes.txt"]);
     assert!(store.join("README").exists());
     // the sidecars went with their backups
     assert!(!store.join(format!(".{}.meta.json", ids[0])).exists());
@@ -84,12 +74,12 @@ fn older_than_days_by_id_with_a_dry_run_first() {
         "{}",
         r.stdout
     );
-    assert_eq!(listed(&store).len(), 4, "a dry run deletes nothing");
+    assert_eq!(backup_names(&store).len(), 4, "a dry run deletes nothing");
 
     let r = prune(&store, &["--older-than-days", "30"]);
     assert!(r.ok, "{}", r.stderr);
     assert!(r.stdout.contains(&format!("deleted {old}")), "{}", r.stdout);
-    assert_eq!(listed(&store), [young, newest]);
+    assert_eq!(backup_names(&store), [young, newest]);
 }
 
 #[test]
@@ -103,7 +93,7 @@ fn created_at_metadata_decides_the_age() {
     assert!(r.ok, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["pruned"], serde_json::json!([first]));
-    assert_eq!(listed(&store), [second]);
+    assert_eq!(backup_names(&store), [second]);
 }
 
 #[test]
@@ -114,7 +104,7 @@ fn the_newest_backup_stays_however_old() {
     let newest = put(&store, 300, None);
     let r = prune(&store, &["--older-than-days", "30", "--keep-last", "1"]);
     assert!(r.ok, "{}", r.stderr);
-    assert_eq!(listed(&store), [newest]);
+    assert_eq!(backup_names(&store), [newest]);
 }
 
 #[test]
@@ -126,7 +116,7 @@ fn prune_without_a_policy_is_a_usage_error() {
     assert!(!r.ok && r.stderr.contains("--keep-last"), "{}", r.stderr);
     let r = prune(&store, &["--older-than-days", "0"]);
     assert!(!r.ok, "0 days would delete everything but the newest: {}", r.stdout);
-    assert_eq!(listed(&store).len(), 1);
+    assert_eq!(backup_names(&store).len(), 1);
 }
 
 #[test]
@@ -141,14 +131,14 @@ fn create_prunes_after_a_successful_backup_only() {
     let broken = tmp.path().join("missing.yaml");
     let r = cli(&broken, &store, &["create", "--keep-last", "1"]);
     assert!(!r.ok);
-    assert_eq!(listed(&store), old);
+    assert_eq!(backup_names(&store), old);
 
     let r = cli(&config, &store, &["--json", "create", "--keep-last", "2"]);
     assert!(r.ok, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let made = report["backup-id"].as_str().unwrap().to_string();
     assert_eq!(report["pruned"], serde_json::json!([old[0]]));
-    assert_eq!(listed(&store), [old[1].clone(), made]);
+    assert_eq!(backup_names(&store), [old[1].clone(), made]);
 
     // the same policy from the environment, as a CronJob would give it
     let out = std::process::Command::new(bin())
@@ -162,5 +152,5 @@ fn create_prunes_after_a_successful_backup_only() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(listed(&store).len(), 1);
+    assert_eq!(backup_names(&store).len(), 1);
 }

@@ -29,16 +29,6 @@ fn server(dir: &Path, name: &str) -> Server {
     }
 }
 
-fn ids(store: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = fs::read_dir(store)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("backup-"))
-        .collect();
-    ids.sort();
-    ids
-}
-
 fn create(s: &Server, store: &Path, keep_last: &str) -> String {
     let r = cli(&s.config, store, &["--json", "create", "--keep-last", keep_last]);
     assert!(r.ok, "{}", r.stderr);
@@ -62,12 +52,12 @@ fn retention_counts_and_deletes_only_this_servers_backups() {
     let store = tmp.path().join("store");
     let (a, b) = (server(tmp.path(), "a.example"), server(tmp.path(), "b.example"));
     let a_ids: Vec<String> = (0..3).map(|_| create(&a, &store, "2")).collect();
-    assert_eq!(ids(&store), a_ids[1..]);
+    assert_eq!(backup_names(&store), a_ids[1..]);
     // B's first backup, with the same policy: A keeps both of its backups
     let b1 = create(&b, &store, "2");
     let mut want = vec![a_ids[1].clone(), a_ids[2].clone(), b1.clone()];
     want.sort();
-    assert_eq!(ids(&store), want);
+    assert_eq!(backup_names(&store), want);
 
     // prune by count as B: "the newest" is B's newest; A's are left alone, and it says so
     let b2 = create(&b, &store, "0");
@@ -82,7 +72,7 @@ fn retention_counts_and_deletes_only_this_servers_backups() {
     );
     let mut want = vec![a_ids[1].clone(), a_ids[2].clone(), b2.clone()];
     want.sort();
-    assert_eq!(ids(&store), want);
+    assert_eq!(backup_names(&store), want);
 
     // prune by age: A's old backups and an ownerless one stay
     let old_a = put(&store, 90, Some("a.example"));
@@ -94,7 +84,7 @@ fn retention_counts_and_deletes_only_this_servers_backups() {
     assert_eq!(report["pruned"], serde_json::json!([old_b]));
     assert_eq!(report["other-servers"], serde_json::json!(["a.example"]));
     assert_eq!(report["unknown-owner"], 1);
-    assert!(ids(&store).contains(&old_a) && ids(&store).contains(&old_unknown));
+    assert!(backup_names(&store).contains(&old_a) && backup_names(&store).contains(&old_unknown));
 }
 
 #[test]
@@ -114,13 +104,13 @@ fn delete_refuses_another_servers_backup_unless_forced() {
     );
     let r = cli(&b.config, &store, &["delete", &unknown]);
     assert!(!r.ok && r.stderr.contains("records no server"), "{}", r.stderr);
-    assert_eq!(ids(&store).len(), 2, "nothing was deleted");
+    assert_eq!(backup_names(&store).len(), 2, "nothing was deleted");
 
     let r = cli(&b.config, &store, &["delete", &a1, "--force"]);
     assert!(r.ok, "{}", r.stderr);
     let r = cli(&a.config, &store, &["delete", &unknown, "--force"]);
     assert!(r.ok, "{}", r.stderr);
-    assert!(ids(&store).is_empty());
+    assert!(backup_names(&store).is_empty());
 }
 
 #[test]

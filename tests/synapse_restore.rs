@@ -31,6 +31,15 @@ fn pebble_for(synapse: Arc<Mutex<Synapse>>, dir: &Path) -> PebbleStandIn {
     pebble
 }
 
+/// A Synapse of the official image's layout for `server_name`, running as its user, with a user,
+/// a room, `messages` messages and `media` uploads (with thumbnails).
+fn running(dir: &Path, server_name: &str, messages: usize, media: usize) -> (Synapse, Populated) {
+    let mut s = Synapse::lay_out(&home(dir, "synapse"), server_name, Layout::Image);
+    s.start();
+    let populated = s.populate(messages, media);
+    (s, populated)
+}
+
 /// A directory for one Synapse (the harness wants it to exist).
 fn home(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
@@ -71,9 +80,7 @@ fn under_a_writer<T>(s: &Synapse, p: &Populated, during: impl FnOnce() -> T) -> 
 fn a_lost_server_comes_back_through_pebble_and_its_health_check() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "lost.test", Layout::Image);
-    s.start();
-    let populated = s.populate(10, 2);
+    let (mut s, populated) = running(dir.path(), "lost.test", 10, 2);
     let config = s.config_arg();
     let (made, live) = under_a_writer(&s, &populated, || cli(&config, &store, &["create"]));
     assert!(made.ok, "create: {}", made.stderr);
@@ -87,16 +94,7 @@ fn a_lost_server_comes_back_through_pebble_and_its_health_check() {
 
     // the disk is lost: only homeserver.yaml (and the directory) are left
     let data = s.data_dir().to_path_buf();
-    for e in std::fs::read_dir(&data).unwrap().flatten() {
-        if e.file_name() != "homeserver.yaml" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(p).unwrap();
-            } else {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-    }
+    common::lose_all_but_config(&data);
     let synapse = Arc::new(Mutex::new(s));
     let pebble = pebble_for(synapse.clone(), dir.path());
     synapse.lock().unwrap().spawn(); // the fresh pod's Synapse makes an empty server meanwhile
@@ -174,9 +172,7 @@ fn a_backup_of_the_image_restores_onto_debians_layout() {
 fn a_restore_that_cannot_start_puts_the_previous_server_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "rollback.test", Layout::Image);
-    s.start();
-    let populated = s.populate(5, 1);
+    let (mut s, populated) = running(dir.path(), "rollback.test", 5, 1);
     s.stop();
     let config = s.config_arg();
     let key = std::fs::read(s.signing_key_path()).unwrap();
@@ -223,9 +219,7 @@ fn a_restore_that_cannot_start_puts_the_previous_server_back() {
 fn service_none_refuses_a_running_synapse() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "running.test", Layout::Image);
-    s.start();
-    let populated = s.populate(3, 1);
+    let (mut s, populated) = running(dir.path(), "running.test", 3, 1);
     let config = s.config_arg();
     assert!(cli(&config, &store, &["create"]).ok);
     let id = common::only_backup(&store);
@@ -252,9 +246,7 @@ fn the_charm_restores_a_lost_server_that_synapse_then_serves() {
     let dir = tempfile::tempdir().unwrap();
     let server = s3_server::S3Server::start(s3_server::Kind::S3sFs);
     server.create_bucket("synapse-backups");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "charm.test", Layout::Image);
-    s.start();
-    let populated = s.populate(8, 2);
+    let (mut s, populated) = running(dir.path(), "charm.test", 8, 2);
     let juju = charm_unit(&server, &s);
     juju.relation_hook("backup:3", "changed", None).assert_ok();
 
@@ -299,9 +291,7 @@ fn the_charm_without_service_control_refuses_a_running_synapse() {
     let dir = tempfile::tempdir().unwrap();
     let server = s3_server::S3Server::start(s3_server::Kind::S3sFs);
     server.create_bucket("synapse-backups");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "live.test", Layout::Image);
-    s.start();
-    let populated = s.populate(3, 1);
+    let (mut s, populated) = running(dir.path(), "live.test", 3, 1);
     let juju = charm_unit(&server, &s);
     juju.config("synapse_service", json!("none"));
     let created = juju.action("create-backup", json!({}));
@@ -326,9 +316,7 @@ fn the_charm_without_service_control_refuses_a_running_synapse() {
 fn a_stop_that_does_not_take_changes_nothing_under_a_real_synapse() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut s = Synapse::lay_out(&home(dir.path(), "synapse"), "stubborn.test", Layout::Image);
-    s.start();
-    let populated = s.populate(3, 1);
+    let (s, populated) = running(dir.path(), "stubborn.test", 3, 1);
     let config = s.config_arg();
     assert!(cli(&config, &store, &["create"]).ok);
     let id = common::only_backup(&store);

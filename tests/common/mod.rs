@@ -121,11 +121,7 @@ pub fn cli_with(config: &Path, store: &Path, args: &[&str], passphrase: &str) ->
 
 /// The one backup id in a store directory.
 pub fn only_backup(store: &Path) -> String {
-    let ids: Vec<String> = std::fs::read_dir(store)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("backup-"))
-        .collect();
+    let ids = backup_names(store);
     assert_eq!(ids.len(), 1, "{ids:?}");
     ids[0].clone()
 }
@@ -179,6 +175,32 @@ pub fn sh(script: &str) -> Run {
         .output()
         .expect("bash runs")
         .into()
+}
+
+/// A lost server: everything in its data directory goes but `homeserver.yaml`.
+pub fn lose_all_but_config(data: &Path) {
+    for entry in std::fs::read_dir(data).unwrap().flatten() {
+        if entry.file_name() != "homeserver.yaml" {
+            let p = entry.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+}
+
+/// Every `backup-…` name in a store directory, sorted (not-a-backup files included, as a user
+/// listing the directory sees them).
+pub fn backup_names(store: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(store)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("backup-"))
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Removes what a restore puts back (signing key, database, local media), as after a disk loss.
