@@ -219,7 +219,7 @@ impl Recover<'_> {
             return Ok(said);
         };
         match self.mode {
-            Mode::Check if self.service.describe() != "none" => {
+            Mode::Check if self.service.controls_synapse() => {
                 // killed after its swap, maybe before Synapse was started: finish the restore
                 let finish = Finish {
                     synapse: cfg,
@@ -247,7 +247,7 @@ impl Recover<'_> {
             }
             Mode::Rollback => {
                 let service = self.service.describe();
-                if service == "none" {
+                if !self.service.controls_synapse() {
                     refuse_if_running(cfg, "the rollback", "pass --service to have it stopped")?;
                 }
                 self.service.stop().map_err(|e| {
@@ -271,7 +271,7 @@ impl Recover<'_> {
 
     fn start_after_rollback(&self, said: &mut Vec<String>) {
         let service = self.service.describe();
-        if service == "none" {
+        if !self.service.controls_synapse() {
             return;
         }
         match self.service.start() {

@@ -68,7 +68,7 @@ impl Restore<'_> {
             staging::check_server_name(self.id, name, &cfg.server_name, self.force)?;
         }
         let service = self.service.describe();
-        let controlled = service != "none";
+        let controlled = self.service.controls_synapse();
         self.refuse_if_running()?;
         self.check_free_space(info.size)?;
         let mut stager = Stager::new(cfg, self.id, self.force)?;
@@ -158,7 +158,7 @@ impl Restore<'_> {
     /// With no service control, Synapse must not be running (its listener answering — unless the
     /// operator says it is not Synapse's — or a process holding its database).
     fn refuse_if_running(&self) -> Result<(), Error> {
-        if self.service.describe() != "none" {
+        if self.service.controls_synapse() {
             return Ok(());
         }
         let how =

@@ -26,6 +26,11 @@ pub trait ServiceControl {
     fn describe(&self) -> String;
     fn stop(&self) -> Result<(), ServiceError>;
     fn start(&self) -> Result<(), ServiceError>;
+    /// Does this really stop and start Synapse? (`none` does not: nothing is started after a
+    /// restore, and Synapse must be seen not to run before one.)
+    fn controls_synapse(&self) -> bool {
+        true
+    }
 }
 
 /// Synapse is not ours to control (the operator stopped it, or it runs elsewhere).
@@ -40,6 +45,9 @@ impl ServiceControl for NoService {
     }
     fn start(&self) -> Result<(), ServiceError> {
         Ok(())
+    }
+    fn controls_synapse(&self) -> bool {
+        false
     }
 }
 
