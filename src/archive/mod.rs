@@ -15,6 +15,7 @@ mod file_writer;
 pub mod manifest;
 pub mod pipe;
 pub mod reader;
+pub mod rules;
 mod stages;
 pub mod staging;
 pub mod swap;

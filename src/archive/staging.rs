@@ -22,7 +22,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::file_writer::{FileMeta, FileWriter};
-use super::manifest::Roots;
+use super::rules::{Layout, Role};
 use super::swap::{self, Companion, Swapped, Target, STAGING_PREFIX};
 use super::{ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
 use crate::backup_id::BackupId;
@@ -42,19 +42,11 @@ struct DirMeta {
     owner: Owner,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Role {
-    SigningKey,
-    Database,
-    DatabaseWal,
-    Media(usize),
-}
-
 pub struct Stager {
     cfg: SynapseConfig,
     id: BackupId,
     force: bool,
-    roots: Option<Roots>,
+    layout: Layout,
     entries: u64,
     /// staging directory for each target directory
     staging: BTreeMap<PathBuf, PathBuf>,
@@ -77,7 +69,7 @@ impl Stager {
             cfg: cfg.clone(),
             id: id.clone(),
             force,
-            roots: None,
+            layout: foreign_layout(cfg),
             entries: 0,
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
@@ -202,59 +194,8 @@ impl Stager {
         Ok(Some(staged))
     }
 
-    /// Which role an entry belongs to, and its path below the role's root ("" for the root itself).
     fn classify<'n>(&self, name: &'n str) -> Option<(Role, &'n str)> {
-        match &self.roots {
-            Some(roots) => {
-                if name == roots.signing_key {
-                    return Some((Role::SigningKey, ""));
-                }
-                if let Some(db) = &roots.database {
-                    if name == db {
-                        return Some((Role::Database, ""));
-                    }
-                    if name.strip_prefix(db.as_str()) == Some("-wal") {
-                        return Some((Role::DatabaseWal, ""));
-                    }
-                }
-                let below = name.strip_prefix(roots.media_store.as_str())?.strip_prefix('/')?;
-                media_role(below)
-            }
-            None => self.classify_foreign(name),
-        }
-    }
-
-    /// Archives without a manifest (the reference charm's `tar -c /data/*.key /data/homeserver.db*
-    /// /data/media/local_*`): roles by name.
-    fn classify_foreign<'n>(&self, name: &'n str) -> Option<(Role, &'n str)> {
-        let base = name.rsplit('/').next().unwrap_or(name);
-        let key_base = self
-            .cfg
-            .signing_key_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("");
-        if base == key_base || base.ends_with(".signing.key") {
-            return Some((Role::SigningKey, ""));
-        }
-        let db_base = match &self.cfg.database {
-            Database::Sqlite(p) => p.file_name().and_then(|n| n.to_str()).unwrap_or("homeserver.db"),
-            Database::Postgres => "homeserver.db",
-        };
-        if base == db_base || base == "homeserver.db" {
-            return Some((Role::Database, ""));
-        }
-        if base.strip_prefix(db_base) == Some("-wal") || base == "homeserver.db-wal" {
-            return Some((Role::DatabaseWal, ""));
-        }
-        let mut rest = name;
-        while let Some((_, tail)) = rest.split_once('/') {
-            if let Some(found) = media_role(tail) {
-                return Some(found);
-            }
-            rest = tail;
-        }
-        media_role(name)
+        self.layout.classify(name)
     }
 
     pub fn finish(mut self) -> Result<Staged, ArchiveError> {
@@ -265,7 +206,7 @@ impl Stager {
                     .into(),
             ));
         }
-        if self.media_seen || self.roots.is_some() {
+        if self.media_seen || self.layout.strict() {
             // The media directories become exactly what the backup holds, empty ones included
             // (one the backup has no entry for is made as Synapse would make it).
             for i in 0..MEDIA_DIRS.len() {
@@ -358,14 +299,14 @@ impl Visitor for Stager {
         if h.database != "sqlite3" {
             self.notes.push("the backup holds no database (it was made from a PostgreSQL server): restore PostgreSQL with its own tools".into());
         }
-        self.roots = Some(h.roots.clone());
+        self.layout = Layout::Manifest(h.roots.clone());
         Ok(())
     }
 
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
         self.entries += 1;
         let Some((role, rest)) = self.classify(e.name) else {
-            if self.roots.is_some() {
+            if self.layout.strict() {
                 return Err(ArchiveError::hostile(e.name, "not a path this Synapse's config allows"));
             }
             tracing::warn!("skipped {}: not a signing key, database or local media", e.name);
@@ -536,6 +477,16 @@ impl Drop for Staged {
     }
 }
 
+/// The layout of an archive without a manifest, for this server's file names.
+fn foreign_layout(cfg: &SynapseConfig) -> Layout {
+    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let db = match &cfg.database {
+        Database::Sqlite(p) => name(p),
+        Database::Postgres => "homeserver.db".into(),
+    };
+    Layout::foreign(&name(&cfg.signing_key_path), &db)
+}
+
 /// A backup of another server would change this server's identity: refused unless forced.
 pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool) -> Result<(), ArchiveError> {
     if backup != current && !force {
@@ -544,14 +495,6 @@ pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool
         )));
     }
     Ok(())
-}
-
-fn media_role(below: &str) -> Option<(Role, &str)> {
-    let (first, rest) = below.split_once('/').unwrap_or((below, ""));
-    MEDIA_DIRS
-        .iter()
-        .position(|d| *d == first)
-        .map(|i| (Role::Media(i), rest))
 }
 
 /// Creates the directories of `rel` below `root` one at a time, refusing to go through a link;
