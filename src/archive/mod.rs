@@ -12,6 +12,7 @@
 pub mod compress;
 pub mod crypto;
 mod file_writer;
+pub mod handle;
 pub mod manifest;
 pub mod pipe;
 pub mod reader;

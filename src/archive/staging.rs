@@ -15,15 +15,17 @@
 //! [`Staged::swap`] runs only after the whole stream was read and verified (see [`super::swap`]).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::ffi::{OsStr, OsString};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FileType;
 
 use super::file_writer::{FileMeta, FileWriter};
-use super::rules::{Layout, Role};
-use super::swap::{self, Companion, Swapped, Target, STAGING_PREFIX};
+use super::handle::DirHandle;
+use super::rules::{self, HardLinks, Layout, Role};
+use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
 use super::{ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
 use crate::backup_id::BackupId;
 use crate::synapse::{sqlite, Database, SynapseConfig};
@@ -36,10 +38,31 @@ const IMPLICIT_DIR_MODE: u32 = 0o755;
 
 /// Metadata to apply to a staged directory once every file is in.
 struct DirMeta {
-    path: PathBuf,
+    role: Role,
+    /// below the role's staged root
+    rel: PathBuf,
     mode: u32,
     mtime: Option<u64>,
     owner: Owner,
+}
+
+/// A staging directory beside some targets: both opened once, used through their handles.
+struct Staging {
+    /// the targets' directory
+    live: DirHandle,
+    /// `<live>/.synapse-backup-restore-<id>`, made by us and checked to be ours
+    dir: DirHandle,
+}
+
+/// A role's target and where its staged copy is.
+struct StagedRole {
+    live: PathBuf,
+    /// the target's file name, in its directory and in the staging directory
+    name: OsString,
+    /// key of its [`Staging`] (the target's directory)
+    parent: PathBuf,
+    /// media: the staged root directory
+    root: Option<DirHandle>,
 }
 
 pub struct Stager {
@@ -49,18 +72,24 @@ pub struct Stager {
     layout: Layout,
     entries: u64,
     /// staging directory for each target directory
-    staging: BTreeMap<PathBuf, PathBuf>,
-    /// role → (live target, staged path)
-    staged: BTreeMap<Role, (PathBuf, PathBuf)>,
+    staging: BTreeMap<PathBuf, Staging>,
+    staged: BTreeMap<Role, StagedRole>,
     dirs: Vec<DirMeta>,
     /// each role's owner in the live layout
     owners: BTreeMap<Role, Owner>,
+    /// the directory the last entry went into (entries come in tree order)
+    last_dir: Option<(Role, PathBuf, DirHandle)>,
+    links: HardLinks,
     media_seen: bool,
     notes: Vec<String>,
     as_root: bool,
     cleanup: bool,
     /// writes the files' data on a thread of its own
     writer: FileWriter,
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |e| ArchiveError::write(path, e)
 }
 
 impl Stager {
@@ -75,6 +104,8 @@ impl Stager {
             staged: BTreeMap::new(),
             dirs: Vec::new(),
             owners: BTreeMap::new(),
+            last_dir: None,
+            links: HardLinks::default(),
             media_seen: false,
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
@@ -116,7 +147,7 @@ impl Stager {
             };
             let md = fs::symlink_metadata(&t)
                 .ok()
-                .filter(|_| !matches!(role, Role::Media(_)))
+                .filter(|_| !role.is_media())
                 .or_else(|| fs::metadata(nearest_existing(&model)).ok())?;
             Some((md.uid(), md.gid()))
         });
@@ -124,78 +155,119 @@ impl Stager {
         owner
     }
 
-    /// Makes the missing directories of `dir` with the role's owner, as Synapse would have them.
-    fn make_parents(&mut self, dir: &Path, owner: Owner) -> Result<(), ArchiveError> {
-        let missing: Vec<&Path> = dir.ancestors().take_while(|p| p.symlink_metadata().is_err()).collect();
-        for p in missing.into_iter().rev() {
-            fs::DirBuilder::new()
-                .mode(IMPLICIT_DIR_MODE)
-                .create(p)
-                .map_err(|e| ArchiveError::write(p, e))?;
-            self.own(p, owner)?;
-            fs::set_permissions(p, fs::Permissions::from_mode(IMPLICIT_DIR_MODE))
-                .map_err(|e| ArchiveError::write(p, e))?;
+    /// Opens `dir`, first making its missing directories with the role's owner, as Synapse
+    /// would have them.
+    fn open_making_parents(&self, dir: &Path, owner: Owner) -> Result<DirHandle, ArchiveError> {
+        let existing = nearest_existing(dir);
+        let mut at = DirHandle::open(&existing).map_err(write_err(&existing))?;
+        let rest = dir.strip_prefix(&existing).unwrap_or(Path::new(""));
+        for part in rest.iter() {
+            let path = at.join(part);
+            let (next, made) = at.make_child(part, IMPLICIT_DIR_MODE).map_err(write_err(&path))?;
+            if made {
+                next.set_owner_and_mode(owner, IMPLICIT_DIR_MODE)
+                    .map_err(write_err(&path))?;
+            }
+            at = next;
         }
-        Ok(())
+        Ok(at)
     }
 
-    /// The staging directory beside `target`, made on first use.
+    /// The staging directory beside `target`, made on first use; the key of its [`Staging`].
     fn staging_for(&mut self, target: &Path, owner: Owner) -> Result<PathBuf, ArchiveError> {
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        if let Some(dir) = self.staging.get(&parent) {
-            return Ok(dir.clone());
+        if self.staging.contains_key(&parent) {
+            return Ok(parent);
         }
-        self.make_parents(&parent, owner)?;
-        let dir = parent.join(format!("{STAGING_PREFIX}{}", self.id));
-        if dir.exists() {
-            // left by a crashed restore
-            fs::remove_dir_all(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| ArchiveError::write(&dir, e))?;
-        self.staging.insert(parent, dir.clone());
-        Ok(dir)
+        let live = self.open_making_parents(&parent, owner)?;
+        let name = OsString::from(format!("{STAGING_PREFIX}{}", self.id));
+        let path = live.join(&name);
+        // left by a crashed restore (one a journal still needs was kept by `recover::before`)
+        live.remove_tree(&name).map_err(write_err(&path))?;
+        rustix::fs::mkdirat(live.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
+            .map_err(|e| ArchiveError::write(&path, e.into()))?;
+        let dir = live.child(&name).map_err(write_err(&path))?;
+        check_ours(&dir)?;
+        self.staging.insert(parent.clone(), Staging { live, dir });
+        Ok(parent)
     }
 
-    /// The staged path for a role's target (its root, for media).
-    fn staged_root(&mut self, role: Role) -> Result<Option<PathBuf>, ArchiveError> {
-        if let Some((_, staged)) = self.staged.get(&role) {
-            return Ok(Some(staged.clone()));
+    /// The role's staged target, made ready on first use; None for a database this server no
+    /// longer keeps in SQLite.
+    fn staged_root(&mut self, role: Role) -> Result<Option<&StagedRole>, ArchiveError> {
+        if !self.staged.contains_key(&role) {
+            let Some(target) = self.target(role) else {
+                return Ok(None);
+            };
+            let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let owner = self.owner(role);
+            let parent = self.staging_for(&target, owner)?;
+            let staging = &self.staging[&parent];
+            let live_kind = staging.live.stat(&name).map_err(write_err(&target))?;
+            if live_kind.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink) {
+                // the swap would replace the link, and leave what it points to stale
+                return Err(ArchiveError::Refused(format!(
+                    "{} is a symbolic link: a restore would replace the link, not what it points to; set Synapse's config to the real path (nothing was changed)",
+                    target.display()
+                )));
+            }
+            let root = if role.is_media() {
+                let path = staging.dir.join(&name);
+                rustix::fs::mkdirat(staging.dir.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
+                    .map_err(|e| ArchiveError::write(&path, e.into()))?;
+                // mode and times from the backup's entry, if it has one (see `finish`)
+                self.dirs.push(DirMeta {
+                    role,
+                    rel: PathBuf::new(),
+                    mode: IMPLICIT_DIR_MODE,
+                    mtime: None,
+                    owner,
+                });
+                Some(staging.dir.child(&name).map_err(write_err(&path))?)
+            } else {
+                None
+            };
+            self.staged.insert(
+                role,
+                StagedRole {
+                    live: target,
+                    name,
+                    parent,
+                    root,
+                },
+            );
         }
-        let Some(target) = self.target(role) else {
-            return Ok(None);
+        Ok(self.staged.get(&role))
+    }
+
+    /// The staged directory `rel` of a media role, made (as the archive's order needs) if
+    /// missing, never through a link.
+    fn media_dir(&mut self, role: Role, rel: &Path, entry: &str, owner: Owner) -> Result<DirHandle, ArchiveError> {
+        if let Some((r, p, dir)) = self.last_dir.take() {
+            if r == role && p == rel {
+                return Ok(dir);
+            }
+        }
+        let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
+            return Err(ArchiveError::hostile(entry, "not below a media directory"));
         };
-        if target.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-            // the swap would replace the link, and leave what it points to stale
-            return Err(ArchiveError::Refused(format!(
-                "{} is a symbolic link: a restore would replace the link, not what it points to; set Synapse's config to the real path (nothing was changed)",
-                target.display()
-            )));
-        }
-        let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let owner = self.owner(role);
-        let staged = self.staging_for(&target, owner)?.join(name);
-        if let Role::Media(_) = role {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&staged)
-                .map_err(|e| ArchiveError::write(&staged, e))?;
-            // mode and times from the backup's entry, if it has one (see `finish`)
+        let (dir, made) = root.descend(rel, Some(0o700)).map_err(|e| through_link(entry, e))?;
+        for rel in made {
             self.dirs.push(DirMeta {
-                path: staged.clone(),
+                role,
+                rel,
                 mode: IMPLICIT_DIR_MODE,
                 mtime: None,
                 owner,
             });
         }
-        self.staged.insert(role, (target, staged.clone()));
-        Ok(Some(staged))
+        Ok(dir)
     }
 
-    fn classify<'n>(&self, name: &'n str) -> Option<(Role, &'n str)> {
-        self.layout.classify(name)
+    /// The directory a non-media role's file goes into: its staging directory.
+    fn staging_dir(&self, role: Role) -> Option<&DirHandle> {
+        let s = self.staged.get(&role)?;
+        self.staging.get(&s.parent).map(|st| &st.dir)
     }
 
     pub fn finish(mut self) -> Result<Staged, ArchiveError> {
@@ -213,26 +285,36 @@ impl Stager {
                 self.staged_root(Role::Media(i))?;
             }
         }
+        self.last_dir = None;
         // deepest first: a directory's mtime changes when something is created in it (the sort
         // is stable: an entry's own metadata, pushed after the defaults, is applied last)
-        self.dirs
-            .sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.rel.components().count()));
         for d in std::mem::take(&mut self.dirs) {
-            self.own(&d.path, d.owner)?;
-            fs::set_permissions(&d.path, fs::Permissions::from_mode(dir_mode(d.mode)))
-                .map_err(|e| ArchiveError::write(&d.path, e))?;
-            if let (Some(mtime), Ok(dir)) = (d.mtime, File::open(&d.path)) {
-                let _ = dir.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
+            let Some(root) = self.staged.get(&d.role).and_then(|s| s.root.as_ref()) else {
+                continue;
+            };
+            let path = root.join(&d.rel);
+            let (dir, _) = root.descend(&d.rel, None).map_err(write_err(&path))?;
+            dir.set_owner_and_mode(d.owner, dir_mode(d.mode))
+                .map_err(write_err(&path))?;
+            if let Some(mtime) = d.mtime {
+                let _ = dir.set_mtime(mtime);
             }
         }
-        if let Some((_, db)) = self.staged.get(&Role::Database).cloned() {
-            let removed = sqlite::prepare_restored(&db)?;
+        let db = self.staged.get(&Role::Database).map(|db| PathBuf::from(&db.name));
+        let db_dir = self.staging_dir(Role::Database).map(DirHandle::try_clone).transpose();
+        let db_dir = db_dir.map_err(|e| ArchiveError::io("checking the restored database", e))?;
+        if let (Some(name), Some(dir)) = (db, &db_dir) {
+            // SQLite opens by path (and makes its journal beside the file): confined to the
+            // staging directory, no rename in the directories above can redirect it
+            let removed = on_staged_db(dir, &name, sqlite::prepare_restored)?;
             if removed > 0 {
                 self.notes.push(format!(
                     "emptied {removed} end-to-end one-time keys, as Synapse's backup guide asks"
                 ));
             }
-            if !sqlite::integrity_ok(&db)? {
+            let integrity_ok = on_staged_db(dir, &name, sqlite::integrity_ok)?;
+            if !integrity_ok {
                 return Err(ArchiveError::Damaged(
                     "the restored SQLite database fails PRAGMA integrity_check".into(),
                 ));
@@ -242,42 +324,134 @@ impl Stager {
         }
         // Everything staged is on disk before anything live is moved (one syncfs per filesystem is
         // far cheaper than an fsync per file).
-        for dir in self.staging.values() {
-            let synced = File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from));
-            synced.map_err(|e| ArchiveError::write(dir, e))?;
+        for s in self.staging.values() {
+            s.dir.sync_filesystem().map_err(write_err(s.dir.path()))?;
         }
         self.cleanup = false;
         Ok(Staged {
             staged: std::mem::take(&mut self.staged),
-            staging: std::mem::take(&mut self.staging).into_values().collect(),
+            staging: std::mem::take(&mut self.staging),
             notes: std::mem::take(&mut self.notes),
             done: false,
         })
     }
 
-    fn own(&self, path: &Path, owner: Owner) -> Result<(), ArchiveError> {
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| ArchiveError::write(path, e))?;
-        }
-        Ok(())
-    }
-
-    fn write_file(&mut self, path: &Path, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(|err| ArchiveError::write(path, err))?;
+    fn write_file(&mut self, dir: &DirHandle, name: &OsStr, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
+        let path = dir.join(name);
+        let file = dir.create_file(name, 0o600).map_err(write_err(&path))?;
         let meta = FileMeta {
             mtime: e.mtime,
             owner,
             // its owner must be able to read and write it (Synapse opens its database read-write)
             mode: (e.mode & 0o777) | 0o600,
         };
-        self.writer
-            .write(file, path.to_path_buf(), e.data, e.size, e.name, meta)
+        self.writer.write(file, path, e.data, e.size, e.name, meta)
+    }
+
+    /// Makes room for `name` in `dir`: a later entry of the same name replaces an earlier file or
+    /// link, as tar does; never a directory.
+    fn replace(&mut self, dir: &DirHandle, name: &OsStr, entry: &str) -> Result<(), ArchiveError> {
+        match dir.stat(name).map_err(write_err(&dir.join(name)))? {
+            None => Ok(()),
+            Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(ArchiveError::hostile(entry, "a file or link over a directory"))
+            }
+            Some(_) => {
+                self.links.replaced(entry);
+                dir.remove_file(name).map_err(write_err(&dir.join(name)))
+            }
+        }
+    }
+
+    fn media_entry(&mut self, role: Role, rest: &str, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
+        let rel = Path::new(rest);
+        if rest.is_empty() {
+            // the media directory's root (the type rule allows only a directory here)
+            self.dirs.push(DirMeta {
+                role,
+                rel: PathBuf::new(),
+                mode: e.mode,
+                mtime: Some(e.mtime),
+                owner,
+            });
+            return Ok(());
+        }
+        if e.kind == EntryKind::Dir {
+            let dir = self.media_dir(role, rel, e.name, owner)?;
+            self.last_dir = Some((role, rel.to_path_buf(), dir));
+            self.dirs.push(DirMeta {
+                role,
+                rel: rel.to_path_buf(),
+                mode: e.mode,
+                mtime: Some(e.mtime),
+                owner,
+            });
+            return Ok(());
+        }
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let dir = self.media_dir(role, parent, e.name, owner)?;
+        let path = dir.join(&name);
+        self.replace(&dir, &name, e.name)?;
+        let kind = e.kind.clone();
+        let entry_name = e.name.to_string();
+        let e_is_file = kind == EntryKind::File;
+        let done = match kind {
+            EntryKind::File => self.write_file(&dir, &name, e, owner),
+            EntryKind::Symlink(target) => dir
+                .symlink(OsStr::new(&target), &name)
+                .and_then(|()| match owner {
+                    Some((uid, gid)) => dir.chown(&name, uid, gid),
+                    None => Ok(()),
+                })
+                .map_err(write_err(&path)),
+            EntryKind::HardLink(target) => self.hard_link(role, &target, &entry_name, &dir, &name),
+            EntryKind::Dir => Ok(()),
+        };
+        if done.is_ok() && e_is_file {
+            self.links.file(&entry_name);
+        }
+        self.last_dir = Some((role, parent.to_path_buf(), dir));
+        done
+    }
+
+    /// A hard link to an earlier file of the same media directory, found component by component
+    /// among what this restore made (never through a link).
+    fn hard_link(
+        &mut self,
+        role: Role,
+        target: &str,
+        entry: &str,
+        dir: &DirHandle,
+        name: &OsStr,
+    ) -> Result<(), ArchiveError> {
+        if let Some(why) = self.links.refusal(&self.layout, role, target) {
+            return Err(ArchiveError::hostile(entry, why));
+        }
+        let not_restored = || {
+            ArchiveError::hostile(
+                entry,
+                format!("a hard link to {target:?}, which is not a file restored before it"),
+            )
+        };
+        let Some((_, trest)) = self.layout.classify(target) else {
+            return Err(not_restored());
+        };
+        let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
+            return Err(not_restored());
+        };
+        let trel = Path::new(trest);
+        let (sdir, _) = root
+            .descend(trel.parent().unwrap_or(Path::new("")), None)
+            .map_err(|_| not_restored())?;
+        let sname = trel.file_name().unwrap_or_default();
+        match sdir.stat(sname) {
+            Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+            _ => return Err(not_restored()),
+        }
+        dir.hard_link(&sdir, sname, name).map_err(write_err(&dir.join(name)))?;
+        self.links.file(entry);
+        Ok(())
     }
 }
 
@@ -305,102 +479,37 @@ impl Visitor for Stager {
 
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
         self.entries += 1;
-        let Some((role, rest)) = self.classify(e.name) else {
+        let Some((role, rest)) = self.layout.classify(e.name) else {
             if self.layout.strict() {
                 return Err(ArchiveError::hostile(e.name, "not a path this Synapse's config allows"));
             }
             tracing::warn!("skipped {}: not a signing key, database or local media", e.name);
             return Ok(());
         };
-        if let Role::Media(_) = role {
+        if let Some(why) = rules::refusal(role, rest, &e.kind) {
+            return Err(ArchiveError::hostile(e.name, why));
+        }
+        if role.is_media() {
             self.media_seen = true;
         }
-        let Some(root) = self.staged_root(role)? else {
+        if self.staged_root(role)?.is_none() {
             return Ok(()); // a database for a server that now uses PostgreSQL
-        };
-        let is_media = matches!(role, Role::Media(_));
+        }
         let owner = self.owner(role);
-        if !is_media && e.kind != EntryKind::File {
-            return Err(ArchiveError::hostile(
-                e.name,
-                "the signing key and database must be regular files",
-            ));
+        if role.is_media() {
+            let rest = rest.to_string();
+            return self.media_entry(role, &rest, e, owner);
         }
-        let path = if rest.is_empty() { root.clone() } else { root.join(rest) };
-        if !rest.is_empty() {
-            if let Some(parent) = Path::new(rest).parent() {
-                for made in make_dirs(&root, parent, e.name)? {
-                    self.dirs.push(DirMeta {
-                        path: made,
-                        mode: IMPLICIT_DIR_MODE,
-                        mtime: None,
-                        owner,
-                    });
-                }
-            }
-        }
-        match &e.kind {
-            EntryKind::Dir => {
-                if !rest.is_empty() {
-                    match fs::symlink_metadata(&path) {
-                        Ok(md) if md.is_dir() => {}
-                        Ok(_) => return Err(ArchiveError::hostile(e.name, "a directory over something else")),
-                        Err(_) => fs::DirBuilder::new()
-                            .mode(0o700)
-                            .create(&path)
-                            .map_err(|err| ArchiveError::write(&path, err))?,
-                    }
-                }
-                self.dirs.push(DirMeta {
-                    path,
-                    mode: e.mode,
-                    mtime: Some(e.mtime),
-                    owner,
-                });
-                Ok(())
-            }
-            EntryKind::File => {
-                if rest.is_empty() && is_media {
-                    return Err(ArchiveError::hostile(e.name, "a file where a media directory belongs"));
-                }
-                if path.symlink_metadata().is_ok() {
-                    // a later copy of the same name replaces the earlier one, as tar does
-                    fs::remove_file(&path).map_err(|err| ArchiveError::write(&path, err))?;
-                }
-                self.write_file(&path, e, owner)
-            }
-            EntryKind::Symlink(target) => {
-                if rest.is_empty() || !link_stays_inside(rest, target) {
-                    return Err(ArchiveError::hostile(
-                        e.name,
-                        format!("a link pointing out of the tree (to {target:?})"),
-                    ));
-                }
-                std::os::unix::fs::symlink(target, &path).map_err(|err| ArchiveError::write(&path, err))?;
-                self.own(&path, owner)
-            }
-            EntryKind::HardLink(target) => {
-                let Some((trole, trest)) = self.classify(target) else {
-                    return Err(ArchiveError::hostile(
-                        e.name,
-                        format!("a hard link to {target:?}, outside the backup"),
-                    ));
-                };
-                let Some(troot) = self.staged_root(trole)? else {
-                    return Err(ArchiveError::hostile(e.name, "a hard link to nothing"));
-                };
-                let source = if trest.is_empty() { troot } else { troot.join(trest) };
-                match fs::symlink_metadata(&source) {
-                    Ok(md) if md.is_file() => {
-                        fs::hard_link(&source, &path).map_err(|err| ArchiveError::write(&path, err))
-                    }
-                    _ => Err(ArchiveError::hostile(
-                        e.name,
-                        format!("a hard link to {target:?}, which is not a file restored before it"),
-                    )),
-                }
-            }
-        }
+        // the signing key or database: a regular file (the type rule), staged under its own name
+        let Some(name) = self.staged.get(&role).map(|s| s.name.clone()) else {
+            return Ok(());
+        };
+        let Some(dir) = self.staging_dir(role).map(DirHandle::try_clone) else {
+            return Ok(());
+        };
+        let dir = dir.map_err(|err| ArchiveError::io("staging the restore", err))?;
+        self.replace(&dir, &name, e.name)?;
+        self.write_file(&dir, &name, e, owner)
     }
 }
 
@@ -408,8 +517,10 @@ impl Drop for Stager {
     fn drop(&mut self) {
         let _ = self.writer.finish(); // nothing may still be writing into what is removed below
         if self.cleanup {
-            for dir in self.staging.values() {
-                let _ = fs::remove_dir_all(dir);
+            for s in self.staging.values() {
+                if let Some(name) = s.dir.path().file_name() {
+                    let _ = s.live.remove_tree(name);
+                }
             }
         }
     }
@@ -417,8 +528,8 @@ impl Drop for Stager {
 
 /// A fully staged, verified restore, ready to be swapped in.
 pub struct Staged {
-    staged: BTreeMap<Role, (PathBuf, PathBuf)>,
-    staging: Vec<PathBuf>,
+    staged: BTreeMap<Role, StagedRole>,
+    staging: BTreeMap<PathBuf, Staging>,
     notes: Vec<String>,
     done: bool,
 }
@@ -429,51 +540,104 @@ impl Staged {
     }
 
     /// Moves every staged target into place through the restore journal at `journal` (see
-    /// [`swap`]); on failure, everything is as it was. The replaced data stays on disk until the
-    /// returned [`Swapped`] is committed.
+    /// [`swap`]), renaming through the handles staging opened; on failure, everything is as it
+    /// was. The replaced data stays on disk until the returned [`Swapped`] is committed.
     pub fn swap(mut self, journal: &Path, backup_id: &str) -> Result<Swapped, ArchiveError> {
-        let targets = self
-            .staged
-            .iter()
-            .map(|(role, (live, staged))| {
-                let aside = staged.parent().unwrap_or(Path::new("/")).join("previous");
-                let aside_of = |p: &Path| aside.join(p.file_name().unwrap_or_default());
-                // stale WAL and shared-memory files would be replayed over the restored database
-                let companions = match role {
-                    Role::Database => ["-wal", "-shm"]
-                        .iter()
-                        .map(|s| {
-                            let live = with_suffix(live, s);
-                            Companion {
-                                aside: aside_of(&live),
-                                live,
-                            }
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                Target {
-                    live: live.clone(),
-                    staged: staged.clone(),
-                    staged_id: (0, 0), // both read by the swap
-                    had_live: false,
-                    aside: aside_of(live),
-                    companions,
-                }
-            })
-            .collect();
+        let mut dirs = Dirs::default();
+        let mut targets = Vec::new();
+        for (role, s) in &self.staged {
+            let Some(staging) = self.staging.get(&s.parent) else {
+                continue;
+            };
+            let staged = staging.dir.join(&s.name);
+            let aside = staging.dir.join("previous");
+            let aside_of = |p: &Path| aside.join(p.file_name().unwrap_or_default());
+            // stale WAL and shared-memory files would be replayed over the restored database
+            let companions = match role {
+                Role::Database => ["-wal", "-shm"]
+                    .iter()
+                    .map(|suffix| {
+                        let live = with_suffix(&s.live, suffix);
+                        Companion {
+                            aside: aside_of(&live),
+                            live,
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            targets.push(Target {
+                live: s.live.clone(),
+                staged,
+                staged_id: (0, 0), // both read by the swap
+                had_live: false,
+                aside: aside_of(&s.live),
+                companions,
+            });
+        }
+        let mut staging_paths = Vec::new();
+        for s in std::mem::take(&mut self.staging).into_values() {
+            staging_paths.push(s.dir.path().to_path_buf());
+            dirs.insert(s.live);
+            dirs.insert(s.dir);
+        }
         self.done = true; // from here on the journal owns the staging directories
-        swap::swap(journal, backup_id, targets, std::mem::take(&mut self.staging))
+        swap::swap(journal, backup_id, targets, staging_paths, dirs)
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.done {
-            for dir in &self.staging {
-                let _ = fs::remove_dir_all(dir);
+            for s in self.staging.values() {
+                if let Some(name) = s.dir.path().file_name() {
+                    let _ = s.live.remove_tree(name);
+                }
             }
         }
+    }
+}
+
+/// The staging directory must be the fresh one we made: a private, empty directory of ours.
+fn check_ours(dir: &DirHandle) -> Result<(), ArchiveError> {
+    let st = dir.metadata().map_err(write_err(dir.path()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let empty = dir.entries().map(|e| e.is_empty()).unwrap_or(false);
+    if st.st_uid != me || st.st_mode & 0o7777 != 0o700 || !empty {
+        return Err(ArchiveError::Refused(format!(
+            "the staging directory {} was replaced while it was made (owner {}, mode {:o}); another process is writing there: nothing was changed",
+            dir.path().display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f` on the staged database `name` in `dir`, confined to that directory (see
+/// [`DirHandle::confined`]); errors name the real path.
+fn on_staged_db<T: Send>(
+    dir: &DirHandle,
+    name: &Path,
+    f: fn(&Path) -> Result<T, sqlite::SqliteError>,
+) -> Result<T, ArchiveError> {
+    dir.confined(|root| f(&root.join(name)))
+        .map_err(|e| ArchiveError::io("checking the restored database", e))?
+        .map_err(|e| {
+            ArchiveError::Sqlite(sqlite::SqliteError {
+                path: dir.join(name),
+                reason: e.reason,
+            })
+        })
+}
+
+/// An entry that would be written through a link or over a file.
+fn through_link(entry: &str, e: io::Error) -> ArchiveError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR | libc::EEXIST) => {
+            ArchiveError::hostile(entry, "it would be written through a link or over a file")
+        }
+        _ => ArchiveError::io(format!("cannot stage {entry}"), e),
     }
 }
 
@@ -497,34 +661,6 @@ pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool
     Ok(())
 }
 
-/// Creates the directories of `rel` below `root` one at a time, refusing to go through a link;
-/// the ones it made.
-fn make_dirs(root: &Path, rel: &Path, entry: &str) -> Result<Vec<PathBuf>, ArchiveError> {
-    let mut made = Vec::new();
-    let mut path = root.to_path_buf();
-    for c in rel.components() {
-        let Component::Normal(part) = c else { continue };
-        path.push(part);
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                return Err(ArchiveError::hostile(
-                    entry,
-                    "it would be written through a link or over a file",
-                ))
-            }
-            Err(_) => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(|e| ArchiveError::write(&path, e))?;
-                made.push(path.clone());
-            }
-        }
-    }
-    Ok(made)
-}
-
 /// A restored directory's mode: what the backup says, but always usable by its owner (Synapse
 /// creates shards and caches in them), and never set-id.
 fn dir_mode(mode: u32) -> u32 {
@@ -539,42 +675,8 @@ pub fn nearest_existing(path: &Path) -> PathBuf {
         .to_path_buf()
 }
 
-/// Does a symlink at `link` (relative to its tree's root) with this target stay inside the tree?
-fn link_stays_inside(link: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return false;
-    }
-    let mut depth: Vec<&str> = link.split('/').collect();
-    depth.pop(); // the link itself
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if depth.pop().is_none() {
-                    return false;
-                }
-            }
-            p => depth.push(p),
-        }
-    }
-    true
-}
-
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn links_must_stay_in_their_tree() {
-        assert!(link_stays_inside("ab/cd/x", "y"));
-        assert!(link_stays_inside("ab/cd/x", "../ef/y"));
-        assert!(!link_stays_inside("ab/cd/x", "../../../etc/passwd"));
-        assert!(!link_stays_inside("x", "/etc/passwd"));
-    }
 }

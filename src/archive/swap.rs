@@ -16,15 +16,16 @@
 //!
 //! Renames are made durable (the directories synced) before the phase changes.
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{renameat_with, RenameFlags, CWD};
-
 use serde::{Deserialize, Serialize};
 
+use super::handle::DirHandle;
 use super::ArchiveError;
 use crate::synapse::{Database, SynapseConfig};
 
@@ -141,10 +142,10 @@ impl Journal {
     }
 
     /// Records each staged copy's identity, which rollback looks for at the live path.
-    fn identify(&mut self) -> Result<(), ArchiveError> {
+    fn identify(&mut self, dirs: &mut Dirs) -> Result<(), ArchiveError> {
         for t in &mut self.targets {
-            t.had_live = exists(&t.live);
-            t.staged_id = identity(&t.staged).ok_or_else(|| {
+            t.had_live = dirs.exists(&t.live);
+            t.staged_id = dirs.identity(&t.staged).ok_or_else(|| {
                 ArchiveError::io(
                     "swapping the restored data in",
                     io::Error::other(format!("the staged copy {} is missing", t.staged.display())),
@@ -155,30 +156,133 @@ impl Journal {
     }
 }
 
-fn identity(p: &Path) -> Option<(u64, u64)> {
-    p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))
+/// The directories a swap renames in, each opened once and then used through its handle (see
+/// [`super::handle`]). A restore hands over the handles its staging opened; recovery opens them
+/// from the journal's paths, a staging directory only if it is still a private one of this user.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    open: BTreeMap<PathBuf, DirHandle>,
 }
 
-fn exists(p: &Path) -> bool {
-    p.symlink_metadata().is_ok()
-}
-
-/// Swaps two paths atomically; `Ok(false)` where the filesystem cannot.
-fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
-    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-        Ok(()) => Ok(true),
-        Err(e)
-            if [
-                rustix::io::Errno::INVAL,
-                rustix::io::Errno::NOSYS,
-                rustix::io::Errno::OPNOTSUPP,
-            ]
-            .contains(&e) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
+impl Dirs {
+    pub fn insert(&mut self, dir: DirHandle) {
+        self.open.insert(dir.path().to_path_buf(), dir);
     }
+
+    /// The handle of directory `dir`, opened on first use.
+    fn dir(&mut self, dir: &Path) -> io::Result<&DirHandle> {
+        if !self.open.contains_key(dir) {
+            let opened = match (dir.parent(), dir.file_name()) {
+                (Some(parent), Some(name)) if self.is_staging(dir) || self.inside_staging(dir) => {
+                    let h = self.dir(parent)?.child(name)?;
+                    if self.is_staging(dir) {
+                        check_private(&h)?;
+                    }
+                    h
+                }
+                _ => DirHandle::open(dir)?,
+            };
+            self.open.insert(dir.to_path_buf(), opened);
+        }
+        self.open
+            .get(dir)
+            .ok_or_else(|| io::Error::other("a directory handle went missing"))
+    }
+
+    fn is_staging(&self, dir: &Path) -> bool {
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(STAGING_PREFIX))
+    }
+
+    fn inside_staging(&self, dir: &Path) -> bool {
+        dir.ancestors().skip(1).any(|a| self.is_staging(a))
+    }
+
+    /// The directory handle and file name of `path`.
+    fn at<'p>(&mut self, path: &'p Path) -> io::Result<(&DirHandle, &'p OsStr)> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file in a directory"));
+        };
+        Ok((self.dir(parent)?, name))
+    }
+
+    fn identity(&mut self, path: &Path) -> Option<(u64, u64)> {
+        let (dir, name) = self.at(path).ok()?;
+        dir.identity(name).ok().flatten()
+    }
+
+    fn exists(&mut self, path: &Path) -> bool {
+        self.identity(path).is_some()
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        self.both(from, to, |a, an, b, bn| a.rename(an, b, bn))
+    }
+
+    /// Swaps two paths atomically; `Ok(false)` where the filesystem cannot.
+    fn exchange(&mut self, a: &Path, b: &Path) -> io::Result<bool> {
+        self.both(a, b, |a, an, b, bn| a.exchange(an, b, bn))
+    }
+
+    fn both<T>(
+        &mut self,
+        a: &Path,
+        b: &Path,
+        f: impl FnOnce(&DirHandle, &OsStr, &DirHandle, &OsStr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let (Some(ap), Some(an), Some(bp), Some(bn)) = (a.parent(), a.file_name(), b.parent(), b.file_name()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file in a directory"));
+        };
+        self.dir(ap)?;
+        self.dir(bp)?;
+        match (self.open.get(ap), self.open.get(bp)) {
+            (Some(ad), Some(bd)) => f(ad, an, bd, bn),
+            _ => Err(io::Error::other("a directory handle went missing")),
+        }
+    }
+
+    /// Makes directory `dir` (private) if missing.
+    fn make_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let (parent, name) = self.at(dir)?;
+        let (h, _) = parent.make_child(name, 0o700)?;
+        self.insert(h);
+        Ok(())
+    }
+
+    fn sync(&mut self, dir: &Path) -> io::Result<()> {
+        self.dir(dir)?.sync()
+    }
+
+    /// Removes a staging directory and everything in it, once it is known to be ours.
+    fn remove_staging(&mut self, dir: &Path) -> io::Result<()> {
+        if !self.exists(dir) {
+            return Ok(());
+        }
+        self.dir(dir)?; // checks it is a private directory of ours
+        self.open.retain(|p, _| !p.starts_with(dir));
+        let (parent, name) = self.at(dir)?;
+        parent.remove_tree(name)
+    }
+}
+
+/// A staging directory named by a journal is used only while it is a private directory of this
+/// user: anything else was put there by someone else.
+fn check_private(dir: &DirHandle) -> io::Result<()> {
+    let st = dir.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me || st.st_mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of this user (owner {}, mode {:o})",
+                dir.path().display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A swap whose every target is new; the previous data is still on disk.
@@ -187,6 +291,7 @@ fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
 pub struct Swapped {
     journal: Journal,
     path: PathBuf,
+    dirs: Dirs,
 }
 
 /// Moves every target into place. On failure, everything is put back and the error says so.
@@ -195,6 +300,7 @@ pub fn swap(
     backup_id: &str,
     targets: Vec<Target>,
     staging: Vec<PathBuf>,
+    mut dirs: Dirs,
 ) -> Result<Swapped, ArchiveError> {
     let mut journal = Journal {
         backup_id: backup_id.to_string(),
@@ -202,11 +308,11 @@ pub fn swap(
         targets,
         staging,
     };
-    journal.identify()?;
+    journal.identify(&mut dirs)?;
     journal.write(journal_path)?;
     let mut hook = TestHooks::from_env();
-    if let Err(e) = forward(&journal, &mut hook) {
-        return Err(match rollback(journal_path, &journal) {
+    if let Err(e) = forward(&journal, &mut dirs, &mut hook) {
+        return Err(match rollback(journal_path, &journal, &mut dirs) {
             Ok(()) => e,
             Err(undo) => ArchiveError::Refused(format!("{e}; and putting the previous data back failed: {undo}")),
         });
@@ -214,7 +320,7 @@ pub fn swap(
     journal.phase = Phase::Swapped;
     if let Err(e) = journal.write(journal_path) {
         // still `swapping` on disk: a later recovery would roll back, so do it now
-        let undo = rollback(journal_path, &journal);
+        let undo = rollback(journal_path, &journal, &mut dirs);
         return Err(match undo {
             Ok(()) => e,
             Err(undo) => ArchiveError::Refused(format!("{e}; and putting the previous data back failed: {undo}")),
@@ -224,29 +330,36 @@ pub fn swap(
     Ok(Swapped {
         journal,
         path: journal_path.to_path_buf(),
+        dirs,
     })
 }
 
-fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> {
+fn forward(journal: &Journal, dirs: &mut Dirs, hook: &mut TestHooks) -> Result<(), ArchiveError> {
     let mut synced: Vec<PathBuf> = Vec::new();
     for t in &journal.targets {
         if let Some(dir) = t.aside.parent() {
-            fs::create_dir_all(dir).map_err(|e| ArchiveError::write(dir, e))?;
+            dirs.make_dir(dir).map_err(|e| ArchiveError::write(dir, e))?;
         }
         for c in &t.companions {
-            if exists(&c.live) {
+            if dirs.exists(&c.live) {
                 hook.before_rename();
-                fs::rename(&c.live, &c.aside).map_err(|e| ArchiveError::write(&c.live, e))?;
+                dirs.rename(&c.live, &c.aside)
+                    .map_err(|e| ArchiveError::write(&c.live, e))?;
             }
         }
         hook.before_rename();
-        let exchanged = exists(&t.live) && exchange(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+        let exchanged = dirs.exists(&t.live)
+            && dirs
+                .exchange(&t.staged, &t.live)
+                .map_err(|e| ArchiveError::write(&t.live, e))?;
         if !exchanged {
-            if exists(&t.live) {
-                fs::rename(&t.live, &t.aside).map_err(|e| ArchiveError::write(&t.live, e))?;
+            if dirs.exists(&t.live) {
+                dirs.rename(&t.live, &t.aside)
+                    .map_err(|e| ArchiveError::write(&t.live, e))?;
                 hook.before_rename();
             }
-            fs::rename(&t.staged, &t.live).map_err(|e| ArchiveError::write(&t.live, e))?;
+            dirs.rename(&t.staged, &t.live)
+                .map_err(|e| ArchiveError::write(&t.live, e))?;
         }
         hook.after_install()?;
         for dir in [t.live.parent(), t.staged.parent()].into_iter().flatten() {
@@ -256,7 +369,7 @@ fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> 
         }
     }
     for dir in synced {
-        sync_dir(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
+        dirs.sync(&dir).map_err(|e| ArchiveError::write(&dir, e))?;
     }
     Ok(())
 }
@@ -264,20 +377,20 @@ fn forward(journal: &Journal, hook: &mut TestHooks) -> Result<(), ArchiveError> 
 /// Puts every target back as it was before the swap (whatever part of it happened), then removes
 /// the staging directories (they now hold the restored copies) and the journal. On a rename that
 /// fails, the journal stays so that a later run can finish the job.
-fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
+fn rollback(journal_path: &Path, journal: &Journal, dirs: &mut Dirs) -> Result<(), String> {
     // Every restored copy must be where the journal says it could be (live or staged), and the
     // previous data where an undo would take it from: otherwise the directory was changed behind
     // the journal's back (copied in place, a commit cut short) and nothing is moved.
     for t in &journal.targets {
-        let installed = identity(&t.live) == Some(t.staged_id);
-        let staged_here = identity(&t.staged) == Some(t.staged_id);
+        let installed = dirs.identity(&t.live) == Some(t.staged_id);
+        let staged_here = dirs.identity(&t.staged) == Some(t.staged_id);
         if !installed && !staged_here {
             return Err(format!(
                 "the restored copy of {} is neither in place nor staged (the data was changed since the restore); nothing was moved",
                 t.live.display()
             ));
         }
-        if installed && !exists(&t.staged) && !exists(&t.aside) && t.had_live {
+        if installed && !dirs.exists(&t.staged) && !dirs.exists(&t.aside) && t.had_live {
             return Err(format!(
                 "the data {} replaced is gone (a commit was cut short); nothing was moved",
                 t.live.display()
@@ -290,36 +403,36 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
         undoing.write(journal_path).map_err(|e| e.to_string())?;
     }
     let mut failed = Vec::new();
-    let rename = |from: &Path, to: &Path, failed: &mut Vec<String>| {
-        if let Err(e) = fs::rename(from, to) {
+    let rename = |dirs: &mut Dirs, from: &Path, to: &Path, failed: &mut Vec<String>| {
+        if let Err(e) = dirs.rename(from, to) {
             failed.push(format!("{} (still at {}: {e})", to.display(), from.display()));
         }
     };
     for t in journal.targets.iter().rev() {
-        let installed = identity(&t.live) == Some(t.staged_id);
+        let installed = dirs.identity(&t.live) == Some(t.staged_id);
         if installed {
             // a -wal or -shm here now belongs to the restored database: it leaves first, so the
             // previous database is never beside the restored one's log
             for c in &t.companions {
-                if exists(&c.live) {
-                    rename(&c.live, &staged_companion(&t.staged, &c.live), &mut failed);
+                if dirs.exists(&c.live) {
+                    rename(dirs, &c.live, &staged_companion(&t.staged, &c.live), &mut failed);
                 }
             }
-            if exists(&t.staged) {
+            if dirs.exists(&t.staged) {
                 // exchanged: the previous data is at the staged name
-                match exchange(&t.live, &t.staged) {
+                match dirs.exchange(&t.live, &t.staged) {
                     Ok(true) => {}
                     Ok(false) => failed.push(format!("{} (cannot be exchanged back)", t.live.display())),
                     Err(e) => failed.push(format!("{} (still at {}: {e})", t.live.display(), t.staged.display())),
                 }
             } else {
-                rename(&t.live, &t.staged, &mut failed);
+                rename(dirs, &t.live, &t.staged, &mut failed);
             }
         }
         let moved = std::iter::once((&t.live, &t.aside)).chain(t.companions.iter().map(|c| (&c.live, &c.aside)));
         for (live, aside) in moved {
-            match (aside.symlink_metadata().is_ok(), live.symlink_metadata().is_ok()) {
-                (true, false) => rename(aside, live, &mut failed),
+            match (dirs.exists(aside), dirs.exists(live)) {
+                (true, false) => rename(dirs, aside, live, &mut failed),
                 // made after the swap stopped (a Synapse started on the half-swapped directory
                 // makes a fresh database): neither copy is ours to drop
                 (true, true) => failed.push(format!(
@@ -335,10 +448,10 @@ fn rollback(journal_path: &Path, journal: &Journal) -> Result<(), String> {
         return Err(failed.join(", "));
     }
     for dir in journal.targets.iter().filter_map(|t| t.live.parent()) {
-        let _ = sync_dir(dir);
+        let _ = dirs.sync(dir);
     }
     forget(journal_path);
-    remove_dirs(&journal.staging);
+    remove_dirs(&journal.staging, dirs);
     Ok(())
 }
 
@@ -363,13 +476,13 @@ impl Swapped {
     }
 
     /// The restore is done: the previous data goes, then the journal.
-    pub fn commit(self) {
-        commit(&self.path, &self.journal);
+    pub fn commit(mut self) {
+        commit(&self.path, &self.journal, &mut self.dirs);
     }
 
     /// The restored data is not wanted (Synapse did not start on it): the previous data comes back.
-    pub fn rollback(self) -> Result<(), String> {
-        rollback(&self.path, &self.journal)
+    pub fn rollback(mut self) -> Result<(), String> {
+        rollback(&self.path, &self.journal, &mut self.dirs)
     }
 
     /// Leaves the previous data on disk for the operator; the journal stays `swapped`.
@@ -378,14 +491,14 @@ impl Swapped {
     }
 }
 
-fn commit(journal_path: &Path, journal: &Journal) {
+fn commit(journal_path: &Path, journal: &Journal, dirs: &mut Dirs) {
     forget(journal_path);
-    remove_dirs(&journal.staging);
+    remove_dirs(&journal.staging, dirs);
 }
 
-fn remove_dirs(dirs: &[PathBuf]) {
-    for dir in dirs {
-        if let Err(e) = fs::remove_dir_all(dir) {
+fn remove_dirs(staging: &[PathBuf], dirs: &mut Dirs) {
+    for dir in staging {
+        if let Err(e) = dirs.remove_staging(dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!("could not remove {}: {e}", dir.display());
             }
@@ -491,7 +604,7 @@ pub fn recover(cfg: &SynapseConfig) -> Result<Option<Found>, ArchiveError> {
     };
     match journal.phase {
         Phase::Swapping | Phase::RollingBack => {
-            rollback(&path, &journal).map_err(|e| {
+            rollback(&path, &journal, &mut Dirs::default()).map_err(|e| {
                 ArchiveError::Refused(format!(
                     "an interrupted restore of {} could not be rolled back: {e}; the journal {} says what goes where",
                     journal.backup_id,
@@ -514,7 +627,7 @@ pub fn commit_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveErro
     let path = journal_path(cfg);
     match load(cfg)? {
         Some(j) if j.phase == Phase::Swapped => {
-            commit(&path, &j);
+            commit(&path, &j, &mut Dirs::default());
             Ok(Some(j.backup_id))
         }
         _ => Ok(None),
@@ -526,7 +639,7 @@ pub fn rollback_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveEr
     let path = journal_path(cfg);
     match load(cfg)? {
         Some(j) => {
-            rollback(&path, &j).map_err(|e| {
+            rollback(&path, &j, &mut Dirs::default()).map_err(|e| {
                 ArchiveError::Refused(format!("rolling back the restore of {} failed: {e}", j.backup_id))
             })?;
             Ok(Some(j.backup_id))
@@ -540,16 +653,26 @@ pub fn rollback_pending(cfg: &SynapseConfig) -> Result<Option<String>, ArchiveEr
 pub fn remove_stale_staging(cfg: &SynapseConfig) -> Result<Vec<PathBuf>, ArchiveError> {
     let keep = load(cfg)?.map(|j| j.staging).unwrap_or_default();
     let mut removed = Vec::new();
-    for dir in staging_parents(cfg) {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+    let mut dirs = Dirs::default();
+    for parent in staging_parents(cfg) {
+        let Ok(entries) = dirs.dir(&parent).and_then(DirHandle::entries) else {
+            continue;
+        };
+        for name in entries {
             let is_staging = name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX));
-            let path = entry.path();
-            if !is_staging || keep.contains(&path) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let path = parent.join(&name);
+            if !is_staging || keep.contains(&path) {
                 continue;
             }
-            fs::remove_dir_all(&path).map_err(|e| ArchiveError::write(&path, e))?;
+            match dirs.dir(&path) {
+                Ok(_) => {}
+                // not a directory, or not a private one of ours: not ours to remove
+                Err(e) => {
+                    tracing::warn!("left {} alone: {e}", path.display());
+                    continue;
+                }
+            }
+            dirs.remove_staging(&path).map_err(|e| ArchiveError::write(&path, e))?;
             removed.push(path);
         }
     }
@@ -633,6 +756,8 @@ mod tests {
     fn layout(d: &Path) -> (PathBuf, Vec<Target>, Vec<PathBuf>) {
         let staging = d.join(".synapse-backup-restore-b");
         fs::create_dir_all(&staging).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).unwrap();
         fs::write(d.join("db"), "old db").unwrap();
         fs::write(d.join("db-wal"), "old wal").unwrap();
         fs::write(d.join("key"), "old key").unwrap();
@@ -680,7 +805,7 @@ mod tests {
             };
             journal.write(&jpath).unwrap();
             let mut journal = journal;
-            journal.identify().unwrap();
+            journal.identify(&mut Dirs::default()).unwrap();
             journal.write(&jpath).unwrap();
             let targets = &journal.targets;
             // the fallback's renames (aside, then in); an exchange is the last two in one step
@@ -699,7 +824,7 @@ mod tests {
                 // Synapse may have run on the new database: its own WAL appears
                 fs::write(d.path().join("db-wal"), "new wal").unwrap();
             }
-            rollback(&jpath, &journal).unwrap();
+            rollback(&jpath, &journal, &mut Dirs::default()).unwrap();
             assert_eq!(read(d.path().join("db")), "old db", "after {done} renames");
             assert_eq!(read(d.path().join("db-wal")), "old wal", "after {done} renames");
             assert_eq!(read(d.path().join("key")), "old key", "after {done} renames");
@@ -711,7 +836,7 @@ mod tests {
     fn swap_then_commit_or_rollback() {
         let d = tempfile::tempdir().unwrap();
         let (jpath, targets, staging) = layout(d.path());
-        let s = swap(&jpath, "b", targets.clone(), staging.clone()).unwrap();
+        let s = swap(&jpath, "b", targets.clone(), staging.clone(), Dirs::default()).unwrap();
         // exchanged: the previous database is at the staged name
         assert_eq!(read(d.path().join(".synapse-backup-restore-b/db")), "old db");
         assert_eq!(read(d.path().join("db")), "new db");
@@ -722,7 +847,7 @@ mod tests {
         assert_eq!(read(d.path().join("db-wal")), "old wal");
 
         let (jpath, targets, staging) = layout(d.path());
-        swap(&jpath, "b", targets, staging).unwrap().commit();
+        swap(&jpath, "b", targets, staging, Dirs::default()).unwrap().commit();
         assert_eq!(read(d.path().join("key")), "new key");
         assert!(!jpath.exists() && !d.path().join(".synapse-backup-restore-b").exists());
     }
