@@ -191,6 +191,8 @@ fn restore_and_create_recover_first_and_remove_stale_staging() {
     // and a stale staging directory of another backup id, killed before its swap
     let stale = s.data.join(".synapse-backup-restore-backup-20200101000000000000");
     fs::create_dir_all(stale.join("media_store")).unwrap();
+    // private, as a restore makes them (one that is not is left alone: someone else made it)
+    fs::set_permissions(&stale, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let (_, r) = run(&s.config, Some(&s.store), &["restore", &s.id], &[]);
     assert!(r.ok, "{}", r.stderr);
     assert!(r.stderr.contains("rolled back"), "{}", r.stderr);

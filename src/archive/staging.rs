@@ -680,3 +680,157 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    struct Tree {
+        _dir: tempfile::TempDir,
+        data: PathBuf,
+        victim: PathBuf,
+        cfg: SynapseConfig,
+    }
+
+    /// A live data directory, and beside it a directory no restore may touch.
+    fn tree() -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir_all(data.join("media_store/local_content")).unwrap();
+        fs::write(data.join("x.signing.key"), "old key").unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("secret"), "untouched").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        let cfg = SynapseConfig {
+            server_name: "x".into(),
+            signing_key_path: data.join("x.signing.key"),
+            media_store_path: data.join("media_store"),
+            database: Database::Postgres,
+            listener: None,
+            files: vec![],
+        };
+        Tree {
+            _dir: dir,
+            data,
+            victim,
+            cfg,
+        }
+    }
+
+    impl Tree {
+        fn header(&self) -> Header {
+            Header::new(&self.cfg, "2026-01-01T00:00:00Z")
+        }
+
+        fn name(&self, rel: &str) -> String {
+            super::super::entry_name(&self.data.join(rel))
+        }
+
+        fn victim_untouched(&self) {
+            let names: Vec<_> = fs::read_dir(&self.victim)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+            assert_eq!(fs::read_to_string(self.victim.join("secret")).unwrap(), "untouched");
+            let md = fs::metadata(&self.victim).unwrap();
+            assert_eq!(md.mode() & 0o7777, 0o700);
+            assert_eq!(md.uid(), rustix::process::geteuid().as_raw());
+        }
+    }
+
+    fn entry<'a>(name: &'a str, kind: EntryKind, data: &'a mut &'a [u8]) -> Entry<'a> {
+        let size = data.len() as u64;
+        Entry {
+            name,
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+            size,
+            data,
+        }
+    }
+
+    fn feed(s: &mut Stager, name: &str, kind: EntryKind, body: &[u8]) -> Result<(), ArchiveError> {
+        let mut data = body;
+        s.entry(entry(name, kind, &mut data))
+    }
+
+    #[test]
+    fn a_staging_directory_swapped_for_a_link_mid_restore_changes_nothing_outside() {
+        let t = tree();
+        let id: BackupId = "backup-20260101000000000000".parse().unwrap();
+        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
+        feed(&mut s, &t.name("media_store/local_content"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("ab"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("ab/first"), EntryKind::File, b"one").unwrap();
+        // Synapse's user renames the staging directory away and puts a link in its place
+        let staging = t.data.join(format!("media_store/{STAGING_PREFIX}{id}"));
+        fs::rename(&staging, t.data.join("media_store/moved")).unwrap();
+        std::os::unix::fs::symlink(&t.victim, &staging).unwrap();
+        feed(&mut s, &media("cd"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("cd/second"), EntryKind::File, b"two").unwrap();
+        feed(&mut s, &media("ab/third"), EntryKind::File, b"three").unwrap();
+        feed(&mut s, &t.name("x.signing.key"), EntryKind::File, b"new key").unwrap();
+        let staged = s.finish().unwrap();
+        t.victim_untouched();
+        // everything went where the restore's handles point: the directory it made
+        let moved = t.data.join("media_store/moved/local_content");
+        assert_eq!(fs::read_to_string(moved.join("cd/second")).unwrap(), "two");
+        assert_eq!(fs::read_to_string(moved.join("ab/third")).unwrap(), "three");
+        drop(staged);
+        t.victim_untouched();
+        assert!(t.victim.join("secret").exists());
+    }
+
+    #[test]
+    fn a_chain_of_links_and_a_hard_link_through_it_are_refused() {
+        let t = tree();
+        let id: BackupId = "backup-20260101000000000000".parse().unwrap();
+        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
+        feed(&mut s, &media("a"), EntryKind::Dir, b"").unwrap();
+        // each of these passed the old textual check, and together they resolve to `/`
+        for (link, target) in [("a/up", ".."), ("a/u1", "up/.."), ("a/u2", "u1/..")] {
+            let e = feed(&mut s, &media(link), EntryKind::Symlink(target.into()), b"").unwrap_err();
+            assert!(matches!(e, ArchiveError::Hostile { .. }), "{link}: {e}");
+        }
+        // a link that only points down is fine, but a hard link is never resolved through it
+        feed(&mut s, &media("a/sub"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a/sub/file"), EntryKind::File, b"data").unwrap();
+        feed(&mut s, &media("a/down"), EntryKind::Symlink("sub".into()), b"").unwrap();
+        let e = feed(&mut s, &media("a/h"), EntryKind::HardLink(media("a/down/file")), b"").unwrap_err();
+        assert!(e.to_string().contains("not a file restored before it"), "{e}");
+        // a hard link to a host file, or across roles, is refused
+        let e = feed(&mut s, &media("a/h"), EntryKind::HardLink("etc/passwd".into()), b"").unwrap_err();
+        assert!(matches!(e, ArchiveError::Hostile { .. }), "{e}");
+        let e = feed(&mut s, &media("a/h"), EntryKind::HardLink(t.name("x.signing.key")), b"").unwrap_err();
+        assert!(matches!(e, ArchiveError::Hostile { .. }), "{e}");
+        // and the hard link to the real file works
+        feed(&mut s, &media("a/h"), EntryKind::HardLink(media("a/sub/file")), b"").unwrap();
+        drop(s);
+        t.victim_untouched();
+    }
+
+    #[test]
+    fn entries_are_never_written_through_a_link_the_archive_made() {
+        let t = tree();
+        let id: BackupId = "backup-20260101000000000000".parse().unwrap();
+        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
+        feed(&mut s, &media("sub"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("l"), EntryKind::Symlink("sub".into()), b"").unwrap();
+        let e = feed(&mut s, &media("l/file"), EntryKind::File, b"x").unwrap_err();
+        assert!(matches!(e, ArchiveError::Hostile { .. }), "{e}");
+        let e = feed(&mut s, &media("l"), EntryKind::Dir, b"").unwrap_err();
+        assert!(matches!(e, ArchiveError::Hostile { .. }), "{e}");
+    }
+}
