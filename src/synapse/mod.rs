@@ -4,6 +4,7 @@
 pub mod config;
 pub mod health;
 pub mod lock;
+pub mod pebble;
 pub mod service;
 pub mod sqlite;
 

@@ -9,13 +9,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use super::pebble::PebbleClient;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -140,184 +136,23 @@ pub fn from_spec(spec: &ServiceSpec) -> Box<dyn ServiceControl> {
     }
 }
 
-/// A service in a Pebble plan, stopped and started through Pebble's HTTP API on its unix socket:
-/// `POST /v1/services` makes a change, `GET /v1/changes/<id>/wait` waits for it to be ready.
+/// A service in a Pebble plan, stopped and started through Pebble's HTTP API on its unix socket
+/// (see [`super::pebble`]): each action is a change, waited for until it is ready.
 pub struct Pebble {
-    socket: PathBuf,
+    client: PebbleClient,
     service: String,
-    /// How long a stop or start may take before we give up waiting for Pebble's change.
-    pub wait: Duration,
-}
-
-/// Pebble's answer to one request: `{"type": "sync"|"async"|"error", "status-code", "change", "result"}`.
-#[derive(serde::Deserialize)]
-struct PebbleResponse {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    change: Option<String>,
-    #[serde(default)]
-    result: Value,
 }
 
 impl Pebble {
     pub fn new(socket: impl Into<PathBuf>, service: impl Into<String>) -> Self {
         Pebble {
-            socket: socket.into(),
+            client: PebbleClient::new(socket),
             service: service.into(),
-            wait: Duration::from_secs(300),
         }
     }
 
-    /// Runs `action` (`stop` or `start`) on the service and waits until Pebble says it is done.
     fn act(&self, action: &str) -> Result<(), ServiceError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // a runtime cannot block inside another: called from async code, wait on a thread of our own
-            return std::thread::scope(|s| {
-                s.spawn(|| self.act_blocking(action))
-                    .join()
-                    .unwrap_or_else(|_| Err(self.error(format!("the {action} request failed"))))
-            });
-        }
-        self.act_blocking(action)
-    }
-
-    fn act_blocking(&self, action: &str) -> Result<(), ServiceError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ServiceError(format!("cannot start the Pebble client: {e}")))?;
-        runtime.block_on(async {
-            let body = json!({ "action": action, "services": [self.service] });
-            let answer = self
-                .request(Method::POST, "/v1/services", Some(body), Duration::from_secs(30))
-                .await
-                .map_err(|e| e.into_service_error(self))?;
-            let change = match (answer.kind.as_str(), answer.change) {
-                ("async", Some(id)) if !id.is_empty() => id,
-                _ => return Err(self.error(format!("{action} gave no change id"))),
-            };
-            self.wait_for(&change, action).await
-        })
-    }
-
-    async fn wait_for(&self, change: &str, action: &str) -> Result<(), ServiceError> {
-        let deadline = Instant::now() + self.wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.error(format!(
-                    "{action} of {:?} did not finish within {}s (Pebble change {change})",
-                    self.service,
-                    self.wait.as_secs()
-                )));
-            }
-            let step = left.min(Duration::from_secs(10)).max(Duration::from_secs(1));
-            let path = format!("/v1/changes/{change}/wait?timeout={}ms", step.as_millis());
-            match self
-                .request(Method::GET, &path, None, step + Duration::from_secs(10))
-                .await
-            {
-                Ok(answer) => {
-                    let result = &answer.result;
-                    if result.get("ready").and_then(Value::as_bool) != Some(true) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    let status = result.get("status").and_then(Value::as_str).unwrap_or("");
-                    return match result.get("err").and_then(Value::as_str).filter(|e| !e.is_empty()) {
-                        Some(err) => Err(self.error(err.trim_end().to_string())),
-                        None if status == "Done" => Ok(()),
-                        None => Err(self.error(format!("{action} ended with status {status:?}"))),
-                    };
-                }
-                // Pebble's wait timed out (504): the change is still running, ask again
-                Err(PebbleFailure::Status(StatusCode::GATEWAY_TIMEOUT, _)) => continue,
-                Err(e) => return Err(e.into_service_error(self)),
-            }
-        }
-    }
-
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        timeout: Duration,
-    ) -> Result<PebbleResponse, PebbleFailure> {
-        match tokio::time::timeout(timeout, self.exchange(method, path, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(PebbleFailure::Transport(format!(
-                "no answer within {}s",
-                timeout.as_secs()
-            ))),
-        }
-    }
-
-    async fn exchange(&self, method: Method, path: &str, body: Option<Value>) -> Result<PebbleResponse, PebbleFailure> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| PebbleFailure::Transport(format!("cannot connect: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
-        let driver = tokio::spawn(connection);
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            // Pebble (Go's net/http) refuses HTTP/1.1 requests without a Host
-            .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))
-            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| PebbleFailure::Transport(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| PebbleFailure::Transport(e.to_string()))?
-            .to_bytes();
-        driver.abort();
-        let answer: PebbleResponse = serde_json::from_slice(&body).map_err(|e| {
-            PebbleFailure::Transport(format!(
-                "answered {status} with something that is not Pebble's JSON ({e})"
-            ))
-        })?;
-        if answer.kind == "error" || !status.is_success() {
-            let message = answer
-                .result
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| status.to_string());
-            return Err(PebbleFailure::Status(status, message));
-        }
-        Ok(answer)
-    }
-
-    fn error(&self, what: String) -> ServiceError {
-        ServiceError(format!("Pebble at {}: {what}", self.socket.display()))
-    }
-}
-
-enum PebbleFailure {
-    /// Pebble answered with an error: its status and its own message.
-    Status(StatusCode, String),
-    /// Pebble could not be reached or did not speak its API.
-    Transport(String),
-}
-
-impl PebbleFailure {
-    fn into_service_error(self, pebble: &Pebble) -> ServiceError {
-        match self {
-            PebbleFailure::Status(_, message) => pebble.error(message),
-            PebbleFailure::Transport(what) => pebble.error(what),
-        }
+        self.client.service_action(action, &self.service)
     }
 }
 
