@@ -11,7 +11,7 @@
 //! - A hard link points at a regular file of the same media directory that came before it.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use super::manifest::Roots;
 use super::{EntryKind, MEDIA_DIRS};
@@ -179,9 +179,7 @@ impl HardLinks {
     }
 
     fn hash(&self, name: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        name.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(name)
     }
 }
 

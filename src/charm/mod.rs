@@ -10,6 +10,7 @@ pub mod actions;
 pub mod relation;
 pub mod service;
 pub mod state;
+pub mod workload;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ use state::{CharmState, ENDPOINT};
 
 /// Hooks whose outcome is the backup status: each re-reads the world and re-checks the bucket.
 fn is_status_hook(hook: &str) -> bool {
-    const HOOKS: [&str; 7] = [
+    const HOOKS: [&str; 11] = [
         "install",
         "start",
         "config-changed",
@@ -26,6 +27,11 @@ fn is_status_hook(hook: &str) -> bool {
         "leader-elected",
         "update-status",
         "secret-changed",
+        // the Kubernetes charm's workload container and storage
+        "synapse-pebble-ready",
+        "synapse-pebble-check-failed",
+        "synapse-pebble-check-recovered",
+        "data-storage-attached",
     ];
     const RELATION: [&str; 5] = ["created", "joined", "changed", "departed", "broken"];
     HOOKS.contains(&hook)
@@ -64,7 +70,9 @@ fn run(tools: &HookTools, ctx: &JujuContext, event: &Event) -> Result<(), ToolEr
         Event::Hook(hook) if is_status_hook(hook) => {
             let state = CharmState::load(tools, ctx, event)?;
             recover_interrupted_restore(tools, &state);
-            relation::reconcile(tools, ctx, event, &state)
+            // on Kubernetes the charm runs Synapse: its state comes first in the status
+            let workload = (state.flavour == state::Flavour::Sidecar).then(|| workload::reconcile(tools, &state));
+            relation::reconcile(tools, ctx, event, &state, workload)
         }
         Event::Hook(_) => Ok(()),
         Event::Action(name) => {

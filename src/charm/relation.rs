@@ -24,14 +24,24 @@ pub const BUCKET_UNUSABLE: &str = "Backup: S3 bucket does not exist or cannot be
 const REQUESTED_SECRETS: &str = r#"["access-key", "secret-key"]"#;
 const LIB_VERSION: &str = "1.0";
 
-/// Writes what the provider needs, then sets the status.
-pub fn reconcile(tools: &HookTools, ctx: &JujuContext, event: &Event, state: &CharmState) -> Result<(), ToolError> {
+/// Writes what the provider needs, then sets the status: the workload's (Kubernetes: the Synapse
+/// the charm runs) while it is not active, else whether backups can work.
+pub fn reconcile(
+    tools: &HookTools,
+    ctx: &JujuContext,
+    event: &Event,
+    state: &CharmState,
+    workload: Option<Status>,
+) -> Result<(), ToolError> {
     if let Some(relation) = &state.backup {
         if state.leader && !is_broken(event) {
             request_credentials(tools, ctx, event, relation)?;
         }
     }
-    let status = status(tools, state);
+    let status = match workload {
+        Some(w) if w.kind != StatusKind::Active => w,
+        _ => status(tools, state),
+    };
     tools.status_set(&status)
 }
 

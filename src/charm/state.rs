@@ -18,8 +18,11 @@ use crate::store::s3::{S3ConfigError, S3Params};
 
 /// The endpoint s3-integrator is integrated on (`juju integrate synapse:backup s3-integrator`).
 pub const ENDPOINT: &str = "backup";
+/// Defaults when the option is unset (Juju fills in config.yaml's defaults, which say the same).
 pub const DEFAULT_SYNAPSE_CONFIG: &str = "/data/homeserver.yaml";
 pub const DEFAULT_SYNAPSE_SERVICE: &str = "pebble:synapse";
+pub const DEBIAN_SYNAPSE_CONFIG: &str = "/etc/matrix-synapse/homeserver.yaml,/etc/matrix-synapse/conf.d";
+pub const DEBIAN_SYNAPSE_SERVICE: &str = "systemd:matrix-synapse.service";
 
 /// Config option names, as in `config.yaml`.
 pub mod option {
@@ -29,6 +32,36 @@ pub mod option {
     pub const SYNAPSE_SERVICE: &str = "synapse_service";
     pub const KEEP_LAST: &str = "backup_keep_last";
     pub const HEALTH_TIMEOUT: &str = "synapse_health_timeout";
+    /// Kubernetes charm only: the new server's name, and whether it reports usage statistics.
+    pub const SERVER_NAME: &str = "server_name";
+    pub const REPORT_STATS: &str = "report_stats";
+}
+
+/// Which of the two charms built from this binary is running (its `metadata.yaml` says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The `synapse` application on Kubernetes: a sidecar that runs Synapse in its workload
+    /// container (metadata.yaml has `containers`).
+    Sidecar,
+    /// `synapse-backup` on machines, a subordinate beside a Debian-packaged Synapse.
+    Subordinate,
+}
+
+impl Flavour {
+    /// From the charm's `metadata.yaml`; a charm directory without one is a subordinate (it runs
+    /// nothing itself).
+    pub fn of_charm(charm_dir: Option<&std::path::Path>) -> Flavour {
+        let metadata = charm_dir.and_then(|d| std::fs::read_to_string(d.join("metadata.yaml")).ok());
+        let has_containers = metadata
+            .and_then(|m| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&m).ok())
+            .and_then(|v| v.get("containers").cloned())
+            .is_some_and(|c| c.as_mapping().is_some_and(|m| !m.is_empty()));
+        if has_containers {
+            Flavour::Sidecar
+        } else {
+            Flavour::Subordinate
+        }
+    }
 }
 
 /// The key of the passphrase inside the user secret named by `backup_passphrase_secret`.
@@ -42,6 +75,11 @@ const CREDENTIAL_KEYS: [&str; 2] = ["access-key", "secret-key"];
 pub struct CharmState {
     /// `synapse` (from the unit name).
     pub app: String,
+    pub flavour: Flavour,
+    /// `server_name` (Kubernetes): the name a new server is given.
+    pub server_name: Option<String>,
+    /// `report_stats` (Kubernetes): written into a new server's config.
+    pub report_stats: bool,
     pub leader: bool,
     /// `synapse_config`: comma-separated Synapse config files or directories.
     pub synapse_config: String,
@@ -106,19 +144,32 @@ impl CharmState {
         let app = ctx.app_name().to_string();
         let config = tools.config_get()?;
         let leader = tools.is_leader()?;
+        let flavour = Flavour::of_charm(ctx.charm_dir.as_deref());
+        let (default_config, default_service) = match flavour {
+            Flavour::Sidecar => (DEFAULT_SYNAPSE_CONFIG, DEFAULT_SYNAPSE_SERVICE),
+            Flavour::Subordinate => (DEBIAN_SYNAPSE_CONFIG, DEBIAN_SYNAPSE_SERVICE),
+        };
         let synapse_config =
-            string_option(&config, option::SYNAPSE_CONFIG).unwrap_or_else(|| DEFAULT_SYNAPSE_CONFIG.to_string());
+            string_option(&config, option::SYNAPSE_CONFIG).unwrap_or_else(|| default_config.to_string());
         let synapse_service =
-            string_option(&config, option::SYNAPSE_SERVICE).unwrap_or_else(|| DEFAULT_SYNAPSE_SERVICE.to_string());
+            string_option(&config, option::SYNAPSE_SERVICE).unwrap_or_else(|| default_service.to_string());
         let keep_last = config.get(option::KEEP_LAST).and_then(Value::as_i64).unwrap_or(0);
         let health_timeout = config
             .get(option::HEALTH_TIMEOUT)
             .and_then(Value::as_i64)
             .unwrap_or(crate::commands::restore::DEFAULT_HEALTH_TIMEOUT.as_secs() as i64);
+        let server_name = string_option(&config, option::SERVER_NAME).map(|s| s.trim().to_string());
+        let report_stats = config
+            .get(option::REPORT_STATS)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let passphrase = load_passphrase(tools, ctx, &config, &app);
         let backup = load_backup_relation(tools, ctx, event, &app, leader)?;
         Ok(CharmState {
             app,
+            flavour,
+            server_name,
+            report_stats,
             leader,
             synapse_config,
             synapse_service,

@@ -57,6 +57,8 @@ pub struct JujuContext {
     pub http_proxy: Option<String>,
     pub https_proxy: Option<String>,
     pub no_proxy: Option<String>,
+    /// The charm's files (`metadata.yaml` says which of our two charms this is).
+    pub charm_dir: Option<std::path::PathBuf>,
 }
 
 /// A variable's value, with unset and empty both meaning "not given".
@@ -77,6 +79,7 @@ impl JujuContext {
             http_proxy: var("JUJU_CHARM_HTTP_PROXY"),
             https_proxy: var("JUJU_CHARM_HTTPS_PROXY"),
             no_proxy: var("JUJU_CHARM_NO_PROXY"),
+            charm_dir: var("JUJU_CHARM_DIR").map(std::path::PathBuf::from),
         }
     }
 

@@ -280,6 +280,12 @@ impl HookTools {
         Ok(())
     }
 
+    /// The workload's version, shown by `juju status`.
+    pub fn application_version_set(&self, version: &str) -> Result<(), ToolError> {
+        self.run("application-version-set", &["--", version], None)?;
+        Ok(())
+    }
+
     /// A line in the model's debug log (`juju debug-log`).
     pub fn log(&self, level: LogLevel, message: &str) -> Result<(), ToolError> {
         self.run("juju-log", &["--log-level", level.as_str(), "--", message], None)?;

@@ -81,6 +81,27 @@ fn probe_addr(addr: &SocketAddr) -> Probe {
     }
 }
 
+/// The version Synapse reports on `GET /_matrix/federation/v1/version`
+/// (`{"server": {"name": "Synapse", "version": "1.163.2"}}`), if it answers.
+pub fn version(listener: &HttpListener) -> Option<String> {
+    listener.addrs().iter().find_map(|addr| {
+        let mut stream = TcpStream::connect_timeout(addr, PROBE_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+        let request =
+            format!("GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = Vec::new();
+        stream.take(64 << 10).read_to_end(&mut answer).ok()?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        if !head.lines().next()?.contains(" 200") {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        v.pointer("/server/version")?.as_str().map(str::to_string)
+    })
+}
+
 /// Polls until `/health` answers 200; on timeout, what the last probe saw.
 pub fn wait_healthy(listener: &HttpListener, timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();

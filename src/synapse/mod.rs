@@ -2,6 +2,7 @@
 //! to snapshot its SQLite database while it runs, and how to stop and start it.
 
 pub mod config;
+pub mod generate;
 pub mod health;
 pub mod lock;
 pub mod pebble;

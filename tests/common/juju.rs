@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-pub const TOOLS: [&str; 16] = [
+pub const TOOLS: [&str; 17] = [
     "action-get",
     "action-set",
     "action-fail",
@@ -22,6 +22,7 @@ pub const TOOLS: [&str; 16] = [
     "is-leader",
     "status-set",
     "status-get",
+    "application-version-set",
     "juju-log",
     "secret-get",
     "state-get",
@@ -44,8 +45,18 @@ fn double_script() -> PathBuf {
 }
 
 impl Juju {
-    /// A leader unit `synapse/0` with no config set, no relations and no status yet.
+    /// A leader unit `synapse/0` of the machine charm (`synapse-backup`'s files: it runs no
+    /// Synapse of its own) with no config set, no relations and no status yet.
     pub fn new() -> Self {
+        Self::of(xtask::charms::Charm::SynapseBackup)
+    }
+
+    /// The same, of the Kubernetes charm (`synapse`: it runs Synapse through Pebble).
+    pub fn sidecar() -> Self {
+        Self::of(xtask::charms::Charm::Synapse)
+    }
+
+    fn of(charm: xtask::charms::Charm) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let tools_dir = tmp.path().join("tools");
         let charm_dir = tmp.path().join("charm");
@@ -56,8 +67,8 @@ impl Juju {
         }
         std::os::unix::fs::symlink(super::bin(), charm_dir.join("dispatch")).unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["metadata.yaml", "config.yaml", "actions.yaml"] {
-            std::fs::copy(root.join(file), charm_dir.join(file)).unwrap();
+        for (name, path) in charm.files(root) {
+            std::fs::copy(path, charm_dir.join(name)).unwrap();
         }
         let juju = Juju {
             state_path: tmp.path().join("state.json"),
@@ -66,8 +77,20 @@ impl Juju {
             charm_dir,
             context: std::cell::Cell::new(0),
         };
+        let config_yaml = std::fs::read_to_string(juju.charm_dir.join("config.yaml")).unwrap();
+        let config_yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&config_yaml).unwrap();
+        let defaults: serde_json::Map<String, Value> = config_yaml["options"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| {
+                let default = serde_json::to_value(v.get("default")?).ok()?;
+                Some((k.as_str()?.to_string(), default))
+            })
+            .collect();
         juju.write(&json!({
             "unit": UNIT,
+            "config_defaults": defaults,
             "leader": true,
             "config": {"synapse_config": "/data/homeserver.yaml"},
             "relations": {},

@@ -335,7 +335,9 @@ def relation_set(state, argv, stdin):
 def config_get(state, argv, stdin):
     opts, pos = parse(argv, {"format": True, "all": False, "a": False})
     fmt = output_format(opts)
-    config = state.get("config", {})
+    # as Juju: the charm's config.yaml defaults under what was set, empty values left out
+    config = {k: v for k, v in {**state.get("config_defaults", {}), **state.get("config", {})}.items()
+              if v is not None and v != ""}
     if len(pos) > 1:
         raise usage(f"unrecognized args: {pos[1:]}")
     return render(config.get(pos[0]) if pos else config, fmt)
@@ -361,6 +363,14 @@ def status_set(state, argv, stdin):
     target = "app_status" if opts.get("application") else "status"
     state[target] = entry
     state.setdefault("status_history", []).append(dict(entry, application=bool(opts.get("application"))))
+    return ""
+
+
+def application_version_set(state, argv, stdin):
+    opts, pos = parse(argv, {})
+    if len(pos) != 1:
+        raise usage("invalid args, require <version>")
+    state["workload_version"] = pos[0]
     return ""
 
 
@@ -448,6 +458,7 @@ TOOLS = {
     "is-leader": is_leader,
     "status-set": status_set,
     "status-get": status_get,
+    "application-version-set": application_version_set,
     "juju-log": juju_log,
     "secret-get": secret_get,
     "state-get": state_get,

@@ -1,11 +1,14 @@
-//! `cargo xtask pack`: build the release binary and write the charm, a zip holding `dispatch`
-//! (the binary itself, mode 0755: Juju restores execute bits only from the archive), the charm's
+//! `cargo xtask pack`: build the release binary and write both charms (see [`xtask::charms`]):
+//! `synapse` (Kubernetes) and `synapse-backup` (machines). Each is a zip holding `dispatch` (the
+//! binary itself, mode 0755: Juju restores execute bits only from the archive), the charm's
 //! `metadata.yaml`, `config.yaml`, `actions.yaml`, and a `manifest.yaml` naming the bases it runs
 //! on. The bases are checked against the binary: it must be x86-64, and the newest glibc symbol
 //! version it needs must be present on every base (Ubuntu 22.04 has glibc 2.35, 24.04 has 2.39).
+//! `cargo xtask stage` assembles a charmcraft project directory instead.
 //!
 //! ```text
-//! cargo xtask pack [--binary PATH] [--output FILE.charm]
+//! cargo xtask pack [--binary PATH] [--charm synapse|synapse-backup] [--output-dir DIR]
+//! cargo xtask stage synapse|synapse-backup DIR [--binary PATH]
 //! ```
 //!
 //! `cargo xtask fixture …`: fixture Synapse trees for the tests and benchmarks (see
@@ -27,12 +30,13 @@ use std::time::Duration;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use xtask::charms::{self, Charm};
 use xtask::fixture;
 
 /// The bases the charm declares: (Ubuntu channel, the glibc it ships).
 const BASES: [(&str, (u32, u32)); 2] = [("22.04", (2, 35)), ("24.04", (2, 39))];
-const CHARM_FILES: [&str; 3] = ["metadata.yaml", "config.yaml", "actions.yaml"];
-const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--output FILE.charm]
+const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--charm synapse|synapse-backup] [--output-dir DIR]
+       cargo xtask stage synapse|synapse-backup DIR [--binary PATH]
        cargo xtask fixture make DIR [--size 64M] [--profile mixed|small] [--server-name example.com] \
 [--seed 1] [--events 20000] [--small-files N]
        cargo xtask fixture churn DIR [--seconds 10]
@@ -52,38 +56,83 @@ fn run(args: Vec<String>) -> Result<(), String> {
     let mut args = args.into_iter();
     match args.next().as_deref() {
         Some("pack") => pack_command(args),
+        Some("stage") => stage_command(args),
         Some("fixture") => fixture_command(args),
         _ => Err(USAGE.into()),
     }
 }
 
-fn pack_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn repo_root() -> Result<PathBuf, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .ok_or("xtask is not inside the repository")?
-        .to_path_buf();
-    let mut binary = None;
-    let mut output = None;
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "xtask is not inside the repository".to_string())
+}
+
+fn parse_charm(name: &str) -> Result<Charm, String> {
+    Charm::parse(name).ok_or_else(|| format!("unknown charm {name:?}: synapse or synapse-backup\n{USAGE}"))
+}
+
+/// The checked binary: the one given, or a fresh release build.
+fn binary(root: &Path, given: Option<PathBuf>) -> Result<Vec<u8>, String> {
+    let binary = match given {
+        Some(b) => b,
+        None => build_release(root)?,
+    };
+    let bytes = fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
+    check_binary(&bytes)?;
+    Ok(bytes)
+}
+
+fn pack_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+    let root = repo_root()?;
+    let mut given = None;
+    let mut which: Vec<Charm> = charms::ALL.to_vec();
+    let mut out_dir = root.clone();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--binary" => binary = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
-            "--output" => output = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            "--binary" => given = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            "--charm" => which = vec![parse_charm(&args.next().ok_or(USAGE)?)?],
+            "--output-dir" => out_dir = PathBuf::from(args.next().ok_or(USAGE)?),
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
     }
-    let binary = match binary {
-        Some(b) => b,
-        None => build_release(&root)?,
-    };
-    let output = output.unwrap_or_else(|| root.join(charm_file_name()));
-    let bytes = fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
-    check_binary(&bytes)?;
-    pack(&root, &bytes, &output)?;
-    println!("{}", output.display());
+    let bytes = binary(&root, given)?;
+    for charm in which {
+        let output = out_dir.join(charm_file_name(charm));
+        pack(&root, charm, &bytes, &output)?;
+        println!("{}  ({})", output.display(), charm.describe());
+    }
     Ok(())
 }
 
-/// `fixture make|churn|digest DIR [--option VALUE]…` (also `--option=VALUE`).
+/// A charmcraft project directory: charmcraft.yaml, the charm's YAML files and the binary.
+fn stage_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+    let root = repo_root()?;
+    let charm = parse_charm(&args.next().ok_or(USAGE)?)?;
+    let dir = PathBuf::from(args.next().ok_or(USAGE)?);
+    let mut given = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--binary" => given = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        }
+    }
+    let bytes = binary(&root, given)?;
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut files = charm.files(&root);
+    files.push(("charmcraft.yaml", charm.charmcraft_yaml(&root)));
+    for (name, from) in files {
+        fs::copy(&from, dir.join(name)).map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+    }
+    let bin = dir.join("synapse-backup");
+    fs::write(&bin, &bytes).map_err(|e| format!("cannot write {}: {e}", bin.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    println!("{}: `cd {} && charmcraft pack`", dir.display(), dir.display());
+    Ok(())
+}
+
 fn fixture_command(mut args: impl Iterator<Item = String>) -> Result<(), String> {
     let command = args.next().ok_or(USAGE)?;
     let allowed: &[&str] = match command.as_str() {
@@ -165,9 +214,9 @@ fn fixture_command(mut args: impl Iterator<Item = String>) -> Result<(), String>
 }
 
 /// `synapse_ubuntu-22.04-amd64_ubuntu-24.04-amd64.charm`, as charmcraft names a multi-base charm.
-fn charm_file_name() -> String {
+fn charm_file_name(charm: Charm) -> String {
     let bases: Vec<String> = BASES.iter().map(|(c, _)| format!("ubuntu-{c}-amd64")).collect();
-    format!("synapse_{}.charm", bases.join("_"))
+    format!("{}_{}.charm", charm.name(), bases.join("_"))
 }
 
 fn build_release(root: &Path) -> Result<PathBuf, String> {
@@ -257,7 +306,7 @@ fn manifest_yaml() -> String {
 }
 
 /// Writes the .charm: `dispatch` (0755) and the charm's YAML files (0644).
-fn pack(root: &Path, binary: &[u8], output: &Path) -> Result<(), String> {
+fn pack(root: &Path, charm: Charm, binary: &[u8], output: &Path) -> Result<(), String> {
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
@@ -271,8 +320,8 @@ fn pack(root: &Path, binary: &[u8], output: &Path) -> Result<(), String> {
     zip.start_file("dispatch", options.unix_permissions(0o755))
         .map_err(zip_err)?;
     zip.write_all(binary).map_err(io_err)?;
-    for name in CHARM_FILES {
-        let text = fs::read(root.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
+    for (name, path) in charm.files(root) {
+        let text = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         zip.start_file(name, options.unix_permissions(0o644)).map_err(zip_err)?;
         zip.write_all(&text).map_err(io_err)?;
     }
@@ -311,7 +360,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("x.charm");
-        pack(root, &fake_elf(b""), &out).unwrap();
+        pack(root, Charm::Synapse, &fake_elf(b""), &out).unwrap();
         let mut zip = zip::ZipArchive::new(fs::File::open(&out).unwrap()).unwrap();
         let mut names: Vec<String> = zip.file_names().map(String::from).collect();
         names.sort();
