@@ -27,14 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
-
-use xtask::charms::{self, Charm};
+use xtask::charms::{self, charm_file_name, pack, Charm, BASES};
 use xtask::fixture;
 
-/// The bases the charm declares: (Ubuntu channel, the glibc it ships).
-const BASES: [(&str, (u32, u32)); 2] = [("22.04", (2, 35)), ("24.04", (2, 39))];
 const USAGE: &str = "usage: cargo xtask pack [--binary PATH] [--charm synapse|synapse-backup] [--output-dir DIR]
        cargo xtask stage synapse|synapse-backup DIR [--binary PATH]
        cargo xtask fixture make DIR [--size 64M] [--profile mixed|small] [--server-name example.com] \
@@ -213,12 +208,7 @@ fn fixture_command(mut args: impl Iterator<Item = String>) -> Result<(), String>
     Ok(())
 }
 
-/// `synapse_ubuntu-22.04-amd64_ubuntu-24.04-amd64.charm`, as charmcraft names a multi-base charm.
-fn charm_file_name(charm: Charm) -> String {
-    let bases: Vec<String> = BASES.iter().map(|(c, _)| format!("ubuntu-{c}-amd64")).collect();
-    format!("{}_{}.charm", charm.name(), bases.join("_"))
-}
-
+/// `cargo build --release` of the binary; its path.
 fn build_release(root: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -295,44 +285,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn manifest_yaml() -> String {
-    let mut out = String::from("# written by `cargo xtask pack`\nbases:\n");
-    for (channel, _) in BASES {
-        out.push_str(&format!(
-            "- name: ubuntu\n  channel: \"{channel}\"\n  architectures:\n  - amd64\n"
-        ));
-    }
-    out
-}
-
-/// Writes the .charm: `dispatch` (0755) and the charm's YAML files (0644).
-fn pack(root: &Path, charm: Charm, binary: &[u8], output: &Path) -> Result<(), String> {
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let partial = output.with_extension("charm.partial");
-    let file = fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    let mut zip = ZipWriter::new(file);
-    let zip_err = |e: zip::result::ZipError| format!("cannot write {}: {e}", partial.display());
-    let io_err = |e: std::io::Error| format!("cannot write {}: {e}", partial.display());
-    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-
-    zip.start_file("dispatch", options.unix_permissions(0o755))
-        .map_err(zip_err)?;
-    zip.write_all(binary).map_err(io_err)?;
-    for (name, path) in charm.files(root) {
-        let text = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        zip.start_file(name, options.unix_permissions(0o644)).map_err(zip_err)?;
-        zip.write_all(&text).map_err(io_err)?;
-    }
-    zip.start_file("manifest.yaml", options.unix_permissions(0o644))
-        .map_err(zip_err)?;
-    zip.write_all(manifest_yaml().as_bytes()).map_err(io_err)?;
-    zip.finish().map_err(zip_err)?;
-    fs::rename(&partial, output).map_err(|e| format!("cannot write {}: {e}", output.display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,35 +305,5 @@ mod tests {
         let too_new = fake_elf(b"\0GLIBC_2.38\0");
         assert!(check_binary(&too_new).unwrap_err().contains("Ubuntu 22.04 has 2.35"));
         assert!(check_binary(b"#!/bin/sh\n").is_err());
-    }
-
-    #[test]
-    fn packs_dispatch_executable_with_the_charm_files() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("x.charm");
-        pack(root, Charm::Synapse, &fake_elf(b""), &out).unwrap();
-        let mut zip = zip::ZipArchive::new(fs::File::open(&out).unwrap()).unwrap();
-        let mut names: Vec<String> = zip.file_names().map(String::from).collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "actions.yaml",
-                "config.yaml",
-                "dispatch",
-                "manifest.yaml",
-                "metadata.yaml"
-            ]
-        );
-        assert_eq!(zip.by_name("dispatch").unwrap().unix_mode().unwrap() & 0o777, 0o755);
-        assert_eq!(
-            zip.by_name("metadata.yaml").unwrap().unix_mode().unwrap() & 0o777,
-            0o644
-        );
-        let mut manifest = String::new();
-        std::io::Read::read_to_string(&mut zip.by_name("manifest.yaml").unwrap(), &mut manifest).unwrap();
-        assert!(manifest.contains("channel: \"22.04\"") && manifest.contains("channel: \"24.04\""));
-        assert!(manifest.contains("- amd64"));
     }
 }
