@@ -56,6 +56,22 @@ impl Juju {
         Self::of(xtask::charms::Charm::Synapse)
     }
 
+    /// A unit whose charm directory is a packed `.charm` (`xtask::charms::pack`, what
+    /// `cargo xtask pack` writes) unpacked as Juju unpacks it. Its `dispatch` is a two-line script
+    /// that runs the test build of the binary (hundreds of megabytes unstripped: not worth
+    /// deflating in every test); everything else is the packed charm's.
+    pub fn packed(charm: xtask::charms::Charm) -> Self {
+        let juju = Self::of(charm);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dispatch = format!("#!/bin/sh\nexec {} \"$@\"\n", super::bin());
+        let file = juju.charm_dir.with_extension("charm");
+        xtask::charms::pack(root, charm, dispatch.as_bytes(), &file).unwrap();
+        std::fs::remove_dir_all(&juju.charm_dir).unwrap();
+        std::fs::create_dir_all(&juju.charm_dir).unwrap();
+        xtask::charms::unpack(&file, &juju.charm_dir).unwrap();
+        juju
+    }
+
     fn of(charm: xtask::charms::Charm) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let tools_dir = tmp.path().join("tools");

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod pebble;
 pub mod synapse;
+pub mod systemd;
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
