@@ -68,13 +68,47 @@ fn relation_asks_for_credentials_both_generations_understand() {
 }
 
 #[test]
-fn a_silent_track1_provider_gets_a_bucket_nudge() {
+fn a_silent_provider_gets_no_made_up_bucket() {
+    // an empty databag may be a track-2 provider that has not written yet: it would create it
     let juju = related();
     juju.relation_hook(REL, "created", None).assert_ok();
     juju.relation_hook(REL, "joined", Some("s3-integrator/0")).assert_ok();
     juju.relation_hook(REL, "changed", Some("s3-integrator/0")).assert_ok();
+    juju.hook("update-status").assert_ok();
     let own = juju.own_app_data(REL);
-    assert_eq!(own["bucket"], "test-model-synapse-backups", "{own}");
+    assert!(own.get("bucket").is_none(), "{own}");
+}
+
+#[test]
+fn a_track1_provider_that_answered_without_a_bucket_gets_a_nudge_in_any_hook() {
+    let juju = related();
+    juju.relation_hook(REL, "created", None).assert_ok();
+    // `juju run s3-integrator/leader sync-s3-credentials` pushes credentials, but no bucket
+    juju.set_remote_app_data(
+        REL,
+        json!({"access-key": "AK", "secret-key": "SK", "endpoint": "http://127.0.0.1:1"}),
+    );
+    let changed = juju.relation_hook(REL, "changed", None);
+    changed.assert_ok();
+    assert_eq!(juju.own_app_data(REL)["bucket"], "test-model-synapse-backups");
+    assert!(!changed.everything_said().contains("SK"));
+    // taken away by someone: written again, in whatever hook comes next
+    juju.edit(|s| {
+        s["relations"][REL]["app_data"]["synapse"]
+            .as_object_mut()
+            .unwrap()
+            .remove("bucket");
+    });
+    juju.hook("update-status").assert_ok();
+    assert_eq!(juju.own_app_data(REL)["bucket"], "test-model-synapse-backups");
+    // once the provider names a bucket of its own, nothing more is written
+    juju.set_remote_app_data(
+        REL,
+        json!({"access-key": "AK", "secret-key": "SK", "endpoint": "http://127.0.0.1:1", "bucket": "theirs"}),
+    );
+    let later = juju.hook("config-changed");
+    later.assert_ok();
+    assert!(later.calls_to("relation-set").is_empty());
 }
 
 #[test]

@@ -4,11 +4,13 @@
 //!
 //! What we write (leader only, never in `-relation-broken`): `requested-secrets` and `lib-version`
 //! for track-2 providers, which then send the credentials in a Juju secret named by
-//! `secret-extra`. Track-1 providers ignore those and answer only once a `bucket` appears, but a
-//! track-2 provider without a configured bucket would adopt any bucket we write, made up or not
-//! (data-platform-libs#240). So a bucket is written only as a nudge: in a `-relation-changed`, when
-//! our request has already been committed in an earlier hook, the provider has not written
-//! `lib-version` (a track-2 provider always does when it answers) and still sent no credentials.
+//! `secret-extra`. Track-1 providers ignore those and answer only once a `bucket` appears (or
+//! when the operator pushes credentials with `sync-s3-credentials`), but a track-2 provider
+//! creates whatever bucket we write, made up or not. So, as the track-2 library itself does, a
+//! made-up bucket is written only as a nudge: when the provider's databag is non-empty (it has
+//! answered something) and has no `lib-version` (so it is track 1), and again in any later hook
+//! whenever that provider's data still names no bucket. An empty databag may be a track-2
+//! provider that has not written yet: it is never nudged.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +37,7 @@ pub fn reconcile(
 ) -> Result<(), ToolError> {
     if let Some(relation) = &state.backup {
         if state.leader && !is_broken(event) {
-            request_credentials(tools, ctx, event, relation)?;
+            request_credentials(tools, ctx, relation)?;
         }
     }
     let status = match workload {
@@ -49,23 +51,13 @@ fn is_broken(event: &Event) -> bool {
     matches!(event, Event::Hook(h) if h == &format!("{ENDPOINT}-relation-broken"))
 }
 
-fn request_credentials(
-    tools: &HookTools,
-    ctx: &JujuContext,
-    event: &Event,
-    relation: &BackupRelation,
-) -> Result<(), ToolError> {
+fn request_credentials(tools: &HookTools, ctx: &JujuContext, relation: &BackupRelation) -> Result<(), ToolError> {
     let own = relation.own.clone().unwrap_or_default();
     let mut wanted = BTreeMap::from([
         ("requested-secrets".to_string(), REQUESTED_SECRETS.to_string()),
         ("lib-version".to_string(), LIB_VERSION.to_string()),
     ]);
-    let changed_hook = matches!(event, Event::Hook(h) if h == &format!("{ENDPOINT}-relation-changed"));
-    let needs_nudge = changed_hook
-        && own.contains_key("requested-secrets")
-        && !own.contains_key("bucket")
-        && !relation.provider_is_track2
-        && matches!(relation.s3, S3Settings::AwaitingCredentials);
+    let needs_nudge = !relation.provider_is_empty && !relation.provider_is_track2 && !relation.provider_has_bucket;
     if needs_nudge {
         let bucket = nudge_bucket_name(&ctx.model_name, ctx.app_name());
         tools.log(

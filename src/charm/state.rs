@@ -123,6 +123,8 @@ pub struct BackupRelation {
     pub provider_is_track2: bool,
     /// The provider's databag holds no setting at all yet.
     pub provider_is_empty: bool,
+    /// The provider's databag names a bucket.
+    pub provider_has_bucket: bool,
     /// Our own application's databag; read only when we are the leader (Juju allows no one else).
     pub own: Option<BTreeMap<String, String>>,
     pub s3: S3Settings,
@@ -256,12 +258,14 @@ fn load_backup_relation(
     };
     let provider_is_track2 = provider.get("lib-version").is_some_and(|v| !v.is_empty());
     let provider_is_empty = provider.values().all(|v| v.is_empty());
+    let provider_has_bucket = provider.get("bucket").is_some_and(|v| !v.is_empty());
     let s3 = s3_settings(tools, ctx, provider);
     Ok(Some(BackupRelation {
         id,
         remote_app,
         provider_is_track2,
         provider_is_empty,
+        provider_has_bucket,
         own,
         s3,
     }))

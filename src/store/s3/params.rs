@@ -228,12 +228,28 @@ fn parse_ca_chain(s: &str) -> Result<Vec<String>, S3ConfigError> {
         String::from_utf8(bytes).map_err(|_| S3ConfigError::invalid(KEY, "the base64 does not hold PEM text"))?
     };
     let text = text.trim();
-    let pems: Vec<String> = if text.starts_with('[') {
+    let items: Vec<String> = if text.starts_with('[') {
         serde_json::from_str(text)
             .map_err(|e| S3ConfigError::invalid(KEY, format!("not a JSON list of PEM strings: {e}")))?
     } else {
         vec![text.to_string()]
     };
+    // each item PEM, or base64 of PEM
+    let pems = items
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            if item.starts_with("-----BEGIN") {
+                return Ok(item.to_string());
+            }
+            let compact: String = item.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| S3ConfigError::invalid(KEY, "an item is neither PEM nor base64 of PEM"))
+        })
+        .collect::<Result<Vec<String>, _>>()?;
     let mut certs = 0;
     for pem in &pems {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -257,9 +273,11 @@ fn parse_attributes(s: &str) -> Result<Vec<(String, String)>, S3ConfigError> {
     };
     let mut out = Vec::new();
     for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
-        let Some((name, value)) = item.split_once(':').or_else(|| item.split_once('=')) else {
+        // once, on the first separator: the value may hold more (`x-amz-meta-u=http://…`)
+        let Some(at) = item.find([':', '=']) else {
             return Err(S3ConfigError::invalid(KEY, format!("{item:?} is not name:value")));
         };
+        let (name, value) = (&item[..at], &item[at + 1..]);
         let (name, value) = (name.trim(), value.trim());
         let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if name.is_empty() || !name.chars().all(token) {
@@ -380,5 +398,23 @@ mod tests {
         assert_eq!(p.endpoint.as_deref(), Some("https://s3.example.com"));
         let p = S3Params::from_map(&map(&[("attributes", "a:1, b:2")])).unwrap();
         assert_eq!(p.attributes.len(), 2);
+        // split once per item, on the first '=' or ':'
+        let p = S3Params::from_map(&map(&[(
+            "attributes",
+            "[\"Cache-Control=max-age=90000\", \"x-amz-meta-u=http://example.com/a:b\"]",
+        )]))
+        .unwrap();
+        assert_eq!(
+            p.attributes,
+            vec![
+                ("cache-control".to_string(), "max-age=90000".to_string()),
+                ("x-amz-meta-u".to_string(), "http://example.com/a:b".to_string())
+            ]
+        );
+        // a JSON list of base64 PEM items
+        let listed = serde_json::to_string(&[b64.as_str(), b64.as_str()]).unwrap();
+        let p = S3Params::from_map(&map(&[("tls-ca-chain", listed.as_str())])).unwrap();
+        assert_eq!(p.tls_ca_chain.len(), 2);
+        assert!(p.tls_ca_chain[0].starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }
