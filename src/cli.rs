@@ -291,7 +291,7 @@ fn init_logging() {
         .try_init();
 }
 
-/// Progress lines on stderr every few seconds.
+/// Progress lines on stderr every few seconds (stderr is a file or a pipe: a log).
 struct Stderr;
 
 impl ProgressSink for Stderr {
@@ -300,11 +300,54 @@ impl ProgressSink for Stderr {
     }
 }
 
+/// A live progress bar on stderr, redrawn in place (stderr is a terminal); the line is ended
+/// when the run is over, so what follows starts on a line of its own.
+struct Bar {
+    drawn: std::cell::Cell<bool>,
+}
+
+impl ProgressSink for Bar {
+    fn report(&self, p: &Progress) {
+        const WIDTH: usize = 24;
+        let bar = match p.fraction {
+            Some(f) => {
+                let full = ((f.clamp(0.0, 1.0)) * WIDTH as f64).round() as usize;
+                format!("[{}{}] ", "#".repeat(full), "-".repeat(WIDTH - full))
+            }
+            None => String::new(),
+        };
+        let columns = rustix::termios::tcgetwinsize(std::io::stderr())
+            .map(|w| usize::from(w.ws_col))
+            .ok()
+            .filter(|c| *c > 0)
+            .unwrap_or(100);
+        let line: String = format!("{bar}{}", p.line())
+            .chars()
+            .take(columns.saturating_sub(1))
+            .collect();
+        let _ = write!(std::io::stderr(), "\r\x1b[K{line}");
+        self.drawn.set(true);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if self.drawn.get() {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), Error> {
     let progress: Box<dyn ProgressSink> = if cli.quiet {
         Box::new(crate::progress::Quiet)
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = Bar {
+            drawn: std::cell::Cell::new(false),
+        };
+        Box::new(Throttled::new(bar, crate::progress::every(Duration::from_millis(250))))
     } else {
-        Box::new(Throttled::new(Stderr, Duration::from_secs(2)))
+        Box::new(Throttled::new(Stderr, crate::progress::every(Duration::from_secs(2))))
     };
     if let Command::Recover {
         commit,

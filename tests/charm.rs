@@ -981,3 +981,30 @@ fn two_servers_on_one_bucket_path_never_lose_each_others_backups() {
     assert_eq!(forced.failure(), None, "{:?}", forced.failure());
     assert!(!server.keys(BUCKET).contains(&format!("synapse/prod/{}", a_ids[2])));
 }
+
+/// Long actions tell the `juju run` terminal how far they are: a percentage of the tree (create)
+/// or of the object (restore), the bytes against the total, and the time left.
+#[test]
+fn actions_report_progress_with_a_percentage_and_time_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(Kind::S3sFs);
+    let (juju, _) = ready_unit(&server, tmp.path());
+    let often = [("SYNAPSE_BACKUP_PROGRESS_EVERY_MS", "1")];
+    let created = juju.action_with_env("create-backup", json!({}), &often);
+    created.assert_ok();
+    let logs = created.action_logs();
+    let percent = |l: &String, phase: &str| {
+        l.strip_prefix(phase)
+            .and_then(|rest| rest.split('%').next())
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok_and(|n| n <= 100))
+    };
+    assert!(
+        logs.iter().any(|l| percent(l, "backing up: ") && l.contains(" of ")),
+        "{logs:?}"
+    );
+    let id = created.result("backup-id").unwrap().to_string();
+    let restored = juju.action_with_env("restore-backup", json!({"backup-id": id}), &often);
+    restored.assert_ok();
+    let logs = restored.action_logs();
+    assert!(logs.iter().any(|l| percent(l, "reading backup: ")), "{logs:?}");
+}

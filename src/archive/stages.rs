@@ -49,6 +49,7 @@ pub(super) fn run<A: Send, B: Send>(
                 files: counters.files(),
                 bytes: counters.bytes(),
                 elapsed: started.elapsed(),
+                ..Default::default()
             });
         }
         let panicked = || ArchiveError::Refused(format!("a pipeline thread panicked while {phase}"));

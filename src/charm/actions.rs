@@ -24,7 +24,7 @@ use crate::store::s3::S3Store;
 use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use crate::synapse::config::parse_path_list;
 use crate::synapse::SynapseConfig;
-use crate::units::{human_bytes, human_rate, rfc3339};
+use crate::units::{human_bytes, rfc3339};
 
 /// How often a long action reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -373,23 +373,18 @@ fn with_maintenance<T>(tools: &HookTools, message: &str, f: impl FnOnce() -> T) 
     Ok(out)
 }
 
-/// Progress lines to `juju run`'s terminal: `create: 1200 files, 3.2 GiB (85.0 MiB/s)`.
+/// Progress lines to `juju run`'s terminal:
+/// `backing up: 45%, 1200 files, 3.2 GiB of 7.1 GiB (85.0 MiB/s), about 1 min left`.
 struct ActionLog<'a>(&'a HookTools);
 
 impl ProgressSink for ActionLog<'_> {
     fn report(&self, p: &Progress) {
-        let _ = self.0.action_log(&format!(
-            "{}: {} files, {} done, {}",
-            p.phase,
-            p.files,
-            human_bytes(p.bytes),
-            human_rate(p.bytes, p.elapsed)
-        ));
+        let _ = self.0.action_log(&p.line());
     }
 }
 
 fn action_log(tools: &HookTools) -> Throttled<ActionLog<'_>> {
-    Throttled::new(ActionLog(tools), PROGRESS_EVERY)
+    Throttled::new(ActionLog(tools), crate::progress::every(PROGRESS_EVERY))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::{leftovers, recover};
 use crate::archive::{self, Header, Plan, Source};
 use crate::backup_id::BackupId;
 use crate::error::Error;
-use crate::progress::ProgressSink;
+use crate::progress::{Gauge, Measure, ProgressSink, WithGauge};
 use crate::secret::Passphrase;
 use crate::store::{Leftover, ObjectMeta, ObjectStore};
 use crate::synapse::lock::Lock;
@@ -81,7 +81,13 @@ impl Create<'_> {
             created_at: Some(created_at),
         };
         let mut upload = self.store.put(&id, &meta)?;
-        let written = archive::write(&plan, self.passphrase, upload.as_mut(), progress)?;
+        // how far along: the tree's size, summed on a thread of its own while the backup runs
+        let gauge = Gauge::new();
+        let written = std::thread::scope(|s| {
+            s.spawn(|| gauge.set_total(plan.sources.iter().map(|src| size_of(&src.read_from)).sum()));
+            let progress = WithGauge::new(progress, gauge.clone(), Measure::ReportedBytes);
+            archive::write(&plan, self.passphrase, upload.as_mut(), &progress)
+        })?;
         drop(snapshot);
         let stored_bytes = upload.finish()?;
         notes.extend(recover::after_success(cfg));
@@ -100,4 +106,30 @@ impl Create<'_> {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The bytes of the regular files at `path` (a file, or a tree walked without following links).
+fn size_of(path: &std::path::Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if md.is_file() {
+        return md.len();
+    }
+    if !md.is_dir() {
+        return 0;
+    }
+    let mut total = 0;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }

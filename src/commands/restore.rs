@@ -18,7 +18,7 @@ use super::recover;
 use crate::archive::{self, staging, staging::Stager, swap};
 use crate::backup_id::BackupId;
 use crate::error::Error;
-use crate::progress::ProgressSink;
+use crate::progress::{CountInto, Gauge, Measure, ProgressSink, WithGauge};
 use crate::secret::Passphrase;
 use crate::store::{ObjectStore, StoreError};
 use crate::synapse::health;
@@ -72,7 +72,12 @@ impl Restore<'_> {
         self.refuse_if_running()?;
         self.check_free_space(info.size)?;
         let mut stager = Stager::new(cfg, self.id, self.force)?;
-        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut stager, progress)?;
+        // how far along: the share of the object downloaded
+        let gauge = Gauge::new();
+        gauge.set_total(info.size);
+        let object = Box::new(CountInto::new(self.store.get(self.id)?, gauge.clone()));
+        let progress = WithGauge::new(progress, gauge, Measure::GaugeCount);
+        let summary = archive::read(object, self.passphrase, &mut stager, &progress)?;
         tracing::info!(
             "read and staged {} files in {:.1}s",
             summary.files,
