@@ -26,8 +26,8 @@ fn the_subordinate_backs_up_and_restores_a_debian_synapse() {
     server.create_bucket("synapse-backups");
     let home = dir.path().join("machine");
     std::fs::create_dir_all(&home).unwrap();
+    // stopped when the thread that started it ends (this one, or the systemctl stand-in's)
     let mut s = Synapse::lay_out(&home, "machine.test", Layout::Debian);
-    s.set_stop_with_thread(false);
     s.start();
     let populated = s.populate(6, 2);
 
@@ -73,11 +73,12 @@ fn the_subordinate_backs_up_and_restores_a_debian_synapse() {
     assert_eq!(systemd.events(), [format!("stop {UNIT}"), format!("start {UNIT}")]);
     assert_eq!(restored.status().0, "active");
 
-    let s = synapse.lock().unwrap();
+    let mut s = synapse.lock().unwrap();
     let fresh = s.login(&populated.user, &populated.password).unwrap();
     let served = s.messages(&fresh, &populated.room_id, 500).unwrap();
     assert!(!served.iter().any(|m| m == "sent after the backup"), "{served:?}");
     let mut at_backup = populated.clone();
     at_backup.messages = served;
     at_backup.assert_served_by(&s);
+    s.stop();
 }

@@ -8,12 +8,11 @@ mod common;
 mod s3_server;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::pebble::PebbleStandIn;
-use common::synapse::{api, Layout, Populated, Synapse};
+use common::synapse::{Layout, Populated, Synapse};
 use common::Run;
 
 /// Pebble's API in front of a real Synapse: `stop` stops it (SIGTERM, waits for the exit), `start`
@@ -51,29 +50,6 @@ fn cli(config: &str, store: &Path, args: &[&str]) -> Run {
     common::cli(Path::new(config), store, args)
 }
 
-/// Messages sent on another thread while `during` runs: (sent before it returned, sent after).
-fn under_a_writer<T>(s: &Synapse, p: &Populated, during: impl FnOnce() -> T) -> (T, Vec<String>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let (base, token, room) = (s.base_url(), p.access_token.clone(), p.room_id.clone());
-    let stop = done.clone();
-    let writer = std::thread::spawn(move || {
-        let mut sent = Vec::new();
-        for i in 0..200 {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let body = format!("live message {i}");
-            api(&["send", &base, &token, &room, &body]).expect("Synapse takes the message");
-            sent.push(body);
-        }
-        sent
-    });
-    std::thread::sleep(Duration::from_millis(300)); // a few messages in before the backup starts
-    let out = during();
-    done.store(true, Ordering::SeqCst);
-    (out, writer.join().unwrap())
-}
-
 /// A lost server (only its config left): the files the restore gives back are Synapse's user's,
 /// Synapse starts through the service control, and serves everything up to the backup.
 #[test]
@@ -82,7 +58,7 @@ fn a_lost_server_comes_back_through_pebble_and_its_health_check() {
     let store = dir.path().join("store");
     let (mut s, populated) = running(dir.path(), "lost.test", 10, 2);
     let config = s.config_arg();
-    let (made, live) = under_a_writer(&s, &populated, || cli(&config, &store, &["create"]));
+    let (made, live) = common::synapse::under_a_writer(&s, &populated, 200, || cli(&config, &store, &["create"]));
     assert!(made.ok, "create: {}", made.stderr);
     let id = common::only_backup(&store);
     assert!(!live.is_empty());
@@ -250,7 +226,8 @@ fn the_charm_restores_a_lost_server_that_synapse_then_serves() {
     let juju = charm_unit(&server, &s);
     juju.relation_hook("backup:3", "changed", None).assert_ok();
 
-    let (created, live) = under_a_writer(&s, &populated, || juju.action("create-backup", json!({})));
+    let (created, live) =
+        common::synapse::under_a_writer(&s, &populated, 200, || juju.action("create-backup", json!({})));
     created.assert_ok();
     assert_eq!(created.failure(), None, "{:?}", created.failure());
     let id = created.result("backup-id").unwrap().to_string();

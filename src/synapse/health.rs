@@ -97,7 +97,9 @@ pub fn version(listener: &HttpListener) -> Option<String> {
         if !head.lines().next()?.contains(" 200") {
             return None;
         }
-        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        // the JSON object, whether the body came whole or chunked
+        let json = &body[body.find('{')?..=body.rfind('}')?];
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
         v.pointer("/server/version")?.as_str().map(str::to_string)
     })
 }

@@ -216,6 +216,44 @@ pub struct Synapse {
 }
 
 impl Synapse {
+    /// A Synapse that something else runs (the charm, through Pebble) from the config at
+    /// `config`: the harness only talks to it, and never starts or stops it. Its port, secret
+    /// and paths come from the config.
+    pub fn attach(config: &Path) -> Synapse {
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&fs::read_to_string(config).unwrap()).unwrap();
+        let text = |k: &str| {
+            yaml[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k} in {}", config.display()))
+                .to_string()
+        };
+        let port = yaml["listeners"][0]["port"].as_u64().unwrap() as u16;
+        let data_dir = config.parent().unwrap().to_path_buf();
+        let (uid, gid) = user_ids("synapse");
+        Synapse {
+            layout: Layout::Image,
+            dir: data_dir.clone(),
+            server_name: text("server_name"),
+            uid,
+            gid,
+            port,
+            shared_secret: text("registration_shared_secret"),
+            macaroon_secret: text("macaroon_secret_key"),
+            form_secret: text("form_secret"),
+            config: config.to_path_buf(),
+            conf_d: None,
+            db: PathBuf::from(yaml["database"]["args"]["database"].as_str().unwrap()),
+            media: PathBuf::from(text("media_store_path")),
+            signing_key: PathBuf::from(text("signing_key_path")),
+            log_config: data_dir.join("no-log-config"),
+            log: data_dir.join("attached-synapse.log"),
+            data_dir,
+            log_from: 0,
+            child: None,
+            stop_with_thread: true,
+        }
+    }
+
     /// Writes the config for `server_name` under `dir` (which must exist; it is made 0755 so that
     /// Synapse's user can reach its files, since tempfile makes 0700 directories) and has Synapse
     /// generate the signing key as its user. The database and media store appear at the first
@@ -1001,4 +1039,29 @@ impl Populated {
             assert_eq!(thumb.sha256, m.thumbnail_sha256, "{}'s thumbnail", m.mxc);
         }
     }
+}
+
+/// Messages sent on another thread while `during` runs (at most `max`: a server with Synapse's
+/// default rate limits takes about ten at once): what `during` returned, and the messages sent.
+pub fn under_a_writer<T>(s: &Synapse, p: &Populated, max: usize, during: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let (base, token, room) = (s.base_url(), p.access_token.clone(), p.room_id.clone());
+    let stop = done.clone();
+    let writer = std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        for i in 0..max {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let body = format!("live message {i}");
+            api(&["send", &base, &token, &room, &body]).expect("Synapse takes the message");
+            sent.push(body);
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300)); // a few messages in before `during` starts
+    let out = during();
+    done.store(true, Ordering::SeqCst);
+    (out, writer.join().unwrap())
 }
