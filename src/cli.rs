@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::backup_id::BackupId;
 use crate::commands::recover::{self, Recover};
 use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
+use crate::commands::create::Choice;
 use crate::commands::{leftovers, owner};
 use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};
@@ -218,6 +219,14 @@ pub enum Command {
     Create {
         #[command(flatten)]
         retention: RetentionArgs,
+        /// full: every file; differential: only media changed since this server's newest full
+        /// (a full when there is none); auto: a differential while the newest full is younger
+        /// than --full-every-days
+        #[arg(long = "type", default_value = "full", value_parser = ["full", "differential", "auto"])]
+        kind: String,
+        /// With --type auto: make a full when the newest full is this many days old
+        #[arg(long, default_value_t = 7)]
+        full_every_days: u32,
     },
     /// List this server's backups in the store (and those that record no server)
     List {
@@ -361,14 +370,25 @@ fn run(cli: &Cli) -> Result<(), Error> {
     let store = store.as_ref();
     match &cli.command {
         Command::Recover { .. } => {} // answered above, before a store is opened
-        Command::Create { retention } => {
+        Command::Create {
+            retention,
+            kind,
+            full_every_days,
+        } => {
             let synapse = load_synapse(cli)?;
             let passphrase = read_passphrase(cli)?;
+            let kind = match kind.parse().map_err(Error::Usage)? {
+                Choice::Auto { .. } => Choice::Auto {
+                    full_every: Duration::from_secs(u64::from(*full_every_days) * 86400),
+                },
+                other => other,
+            };
             let r = Create {
                 synapse: &synapse,
                 passphrase: &passphrase,
                 store,
                 abandoned_after: retention.abandoned_after(),
+                kind,
             }
             .run(progress.as_ref())?;
             let mut notes = r.notes.clone();
@@ -391,6 +411,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 json!({
                     "backup-id": r.id.to_string(), "size": r.stored_bytes, "files": r.files,
                     "source-bytes": r.source_bytes, "server-name": r.server_name, "database": r.database,
+                    "type": r.kind.as_str(), "base": r.base.as_ref().map(ToString::to_string),
+                    "inherited": r.inherited, "inherited-bytes": r.inherited_bytes,
                     "notes": notes, "seconds": r.elapsed.as_secs_f64(),
                     "pruned": pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "cleaned": r.cleaned.iter().map(leftovers::to_json).collect::<Vec<_>>(),
@@ -404,6 +426,13 @@ fn run(cli: &Cli) -> Result<(), Error> {
                         human_bytes(r.stored_bytes),
                         r.elapsed.as_secs_f64()
                     );
+                    if let Some(base) = &r.base {
+                        out.push_str(&format!(
+                            "\ndifferential on {base}: {} unchanged files ({}) left to it",
+                            r.inherited,
+                            human_bytes(r.inherited_bytes)
+                        ));
+                    }
                     for id in &pruned {
                         out.push_str(&format!("\npruned {id}"));
                     }
@@ -488,6 +517,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 json!({
                     "backup-id": r.id.to_string(), "files": r.files, "bytes": r.bytes,
                     "server-name": r.server_name, "manifest-checked": r.manifest_checked,
+                    "base": r.base.as_ref().map(ToString::to_string), "inherited": r.inherited,
                 }),
                 || {
                     let how = if r.manifest_checked {
@@ -495,7 +525,14 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     } else {
                         "no manifest: OpenPGP integrity only"
                     };
-                    format!("{} is good: {} files, {} ({how})", r.id, r.files, human_bytes(r.bytes))
+                    let mut out = format!("{} is good: {} files, {} ({how})", r.id, r.files, human_bytes(r.bytes));
+                    if let Some(base) = &r.base {
+                        out.push_str(&format!(
+                            "\na differential: its {} other files are in its full backup {base}, which is good too",
+                            r.inherited
+                        ));
+                    }
+                    out
                 },
             );
         }
@@ -652,42 +689,46 @@ pub fn info_json(b: &ObjectInfo) -> serde_json::Value {
         "server-name": b.meta.server_name,
         "created-at": b.meta.created_at,
         "format": b.meta.format,
+        "type": b.meta.kind.as_deref().unwrap_or("full"),
+        "base": b.meta.base,
     })
 }
 
 /// The aligned table both the CLI and `list-backups` show.
 pub fn format_table(list: &[ObjectInfo]) -> String {
-    let rows: Vec<[String; 4]> = list
+    const COLUMNS: usize = 6;
+    let rows: Vec<[String; COLUMNS]> = list
         .iter()
         .map(|b| {
             [
                 b.id.to_string(),
                 rfc3339(b.last_modified),
                 human_bytes(b.size),
+                b.meta.kind.clone().unwrap_or_else(|| "full".into()),
+                b.meta.base.clone().unwrap_or_else(|| "-".into()),
                 b.meta.server_name.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let head = ["backup-id", "last-modified", "size", "server-name"].map(String::from);
+    let head = ["backup-id", "last-modified", "size", "type", "base", "server-name"].map(String::from);
     let mut widths = head.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    let line = |r: &[String; 4]| {
-        format!(
-            "{:<w0$} | {:<w1$} | {:>w2$} | {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        )
-        .trim_end()
-        .to_string()
+    let line = |r: &[String; COLUMNS]| {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| match i {
+                2 => format!("{c:>w$}"),
+                i if i == COLUMNS - 1 => c.clone(),
+                _ => format!("{c:<w$}"),
+            })
+            .collect();
+        cells.join(" | ").trim_end().to_string()
     };
     let mut out = vec![line(&head)];
     out.extend(rows.iter().map(line));

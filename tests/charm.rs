@@ -564,6 +564,44 @@ fn ready_unit(server: &S3Server, tree: &std::path::Path) -> (Juju, std::path::Pa
 }
 
 #[test]
+fn create_backup_makes_differentials_on_the_newest_full() {
+    let server = S3Server::start(Kind::S3sFs);
+    let tmp = tempfile::tempdir().unwrap();
+    let (juju, data) = ready_unit(&server, tmp.path());
+    // type=auto by default: nothing to build on yet, so a full, and the log says why
+    let first = juju.action("create-backup", json!({}));
+    first.assert_ok();
+    assert_eq!(first.result("type"), Some("full"), "{:?}", first.failure());
+    assert!(first.action_logs().iter().any(|l| l.contains("no full backup")));
+    let full = first.result("backup-id").unwrap().to_string();
+
+    std::fs::write(data.join("media_store/local_content/new-upload"), b"a new upload").unwrap();
+    let second = juju.action("create-backup", json!({}));
+    assert_eq!(second.result("type"), Some("differential"), "{:?}", second.failure());
+    assert_eq!(second.result("base"), Some(full.as_str()));
+    assert_eq!(second.result("files"), Some("3")); // key, database, the new upload
+    let diff = second.result("backup-id").unwrap().to_string();
+
+    let listed = juju.action("list-backups", json!({}));
+    assert_eq!(listed.result(&format!("backups.{full}.type")), Some("full"));
+    assert_eq!(listed.result(&format!("backups.{diff}.type")), Some("differential"));
+    assert_eq!(listed.result(&format!("backups.{diff}.base")), Some(full.as_str()));
+
+    let refused = juju.action("delete-backup", json!({"backup-id": full}));
+    assert!(refused.failure().unwrap_or_default().contains(&diff), "{:?}", refused.failure());
+
+    let third = juju.action("create-backup", json!({"type": "full"}));
+    assert_eq!(third.result("type"), Some("full"));
+    juju.config("backup_full_every_days", json!(-1));
+    let bad = juju.action("create-backup", json!({}));
+    assert!(
+        bad.failure().unwrap_or_default().contains("backup_full_every_days"),
+        "{:?}",
+        bad.failure()
+    );
+}
+
+#[test]
 fn every_action_end_to_end() {
     let server = S3Server::start(Kind::S3sFs);
     let tmp = tempfile::tempdir().unwrap();
@@ -592,7 +630,12 @@ fn every_action_end_to_end() {
         "{statuses:?}"
     );
     assert_eq!(created.status(), ("active".into(), "".into()));
-    assert_eq!(server.keys(BUCKET), vec![format!("synapse/prod/{id}")]);
+    // the backup, and the index a later differential builds on
+    assert_eq!(
+        server.keys(BUCKET),
+        vec![format!("synapse/prod/{id}"), format!("synapse/prod/{id}.index")]
+    );
+    assert_eq!(created.result("type"), Some("full"));
 
     // list
     let listed = juju.action("list-backups", json!({}));

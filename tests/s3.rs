@@ -55,6 +55,8 @@ fn meta() -> ObjectMeta {
         server_name: Some("example.com".into()),
         tool_version: Some("synapse-backup test".into()),
         created_at: Some("2024-02-06T15:30:12Z".into()),
+        kind: Some("full".into()),
+        base: None,
     }
 }
 

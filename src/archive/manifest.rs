@@ -30,6 +30,36 @@ pub struct Header {
     /// `sqlite3` or `psycopg2`.
     pub database: String,
     pub roots: Roots,
+    /// A full backup carries every file; a differential only what changed since `base`.
+    #[serde(default, rename = "type")]
+    pub kind: Kind,
+    /// A differential's full backup, whose object holds the files it lists but does not carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+/// The two kinds of backup (see the README's "Full and differential backups").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Full,
+    Differential,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Differential => "differential",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where each role was on the source server, as entry names (absolute paths without the leading `/`).
@@ -46,6 +76,13 @@ pub struct FileRecord {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// In a differential: the file is not in this archive but in its base's (unchanged since).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub base: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,9 +94,19 @@ pub struct FileChunk {
 pub struct Summary {
     #[serde(flatten)]
     pub header: Header,
+    /// Files in this archive (a differential's inherited files not counted).
     pub files: u64,
     pub bytes: u64,
     pub chunks: u64,
+    /// A differential's files taken from its base, and their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inherited: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inherited_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Header {
@@ -78,6 +125,8 @@ impl Header {
                 },
                 media_store: entry_name(&cfg.media_store_path),
             },
+            kind: Kind::Full,
+            base: None,
         }
     }
 

@@ -12,7 +12,9 @@
 pub mod compress;
 pub mod crypto;
 mod file_writer;
+pub mod from_base;
 pub mod handle;
+pub mod index;
 pub mod manifest;
 pub mod pipe;
 pub mod reader;
@@ -24,7 +26,7 @@ pub mod writer;
 
 use std::path::PathBuf;
 
-pub use manifest::Header;
+pub use manifest::{Header, Kind};
 pub use reader::{read, Entry, EntryKind, ReadSummary, Visitor};
 pub use writer::{write, Plan, Source, Written};
 

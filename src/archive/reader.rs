@@ -52,12 +52,19 @@ pub trait Visitor {
     fn header(&mut self, header: &Header) -> Result<(), ArchiveError>;
     /// A file, directory or link. The reader hashes whatever of `data` is not read.
     fn entry(&mut self, entry: Entry<'_>) -> Result<(), ArchiveError>;
+    /// A differential's manifest lists a file that its base's archive holds, in tree order.
+    fn inherited(&mut self, _file: &FileRecord) -> Result<(), ArchiveError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct ReadSummary {
     pub header: Option<Header>,
     pub files: u64,
+    /// A differential's files that its base holds (listed, not carried).
+    pub inherited: u64,
+    pub inherited_bytes: u64,
     pub bytes: u64,
     /// Every file matched the manifest (false: no manifest, e.g. a reference-charm backup).
     pub manifest_checked: bool,
@@ -85,7 +92,7 @@ pub fn read(
 }
 
 /// `Read` for a `Send`-only reader, where Sequoia asks for `Sync` too (it is only used from one thread).
-struct SyncRead<R>(Mutex<R>);
+pub(super) struct SyncRead<R>(pub(super) Mutex<R>);
 
 impl<R: Read> Read for SyncRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -141,7 +148,7 @@ fn unpack_stage<R: BufRead>(
                     summary.header = Some(header);
                 }
                 ManifestPart::Header => return Err(ArchiveError::Manifest(format!("{name} is not the first entry"))),
-                ManifestPart::Files => check.chunk(parse(&name, &body)?)?,
+                ManifestPart::Files => check.chunk(parse(&name, &body)?, &mut *visitor)?,
                 ManifestPart::Summary => check.summary(parse(&name, &body)?)?,
             }
             continue;
@@ -195,6 +202,7 @@ fn unpack_stage<R: BufRead>(
                     path: name,
                     size,
                     sha256: data.hex(),
+                    base: false,
                 })?;
             }
             summary.files += 1;
@@ -204,6 +212,7 @@ fn unpack_stage<R: BufRead>(
     }
     // Read to the very end, so gzip's trailer and OpenPGP's integrity check are verified too.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(damaged)?;
+    (summary.inherited, summary.inherited_bytes) = (check.inherited, check.inherited_bytes);
     summary.manifest_checked = check.finish(summary.header.is_some(), summary.files)?;
     Ok(summary)
 }
@@ -263,6 +272,8 @@ struct ManifestCheck {
     pending: VecDeque<FileRecord>,
     chunks: u64,
     summary: Option<Summary>,
+    inherited: u64,
+    inherited_bytes: u64,
 }
 
 impl ManifestCheck {
@@ -283,15 +294,22 @@ impl ManifestCheck {
         Ok(())
     }
 
-    fn chunk(&mut self, chunk: FileChunk) -> Result<(), ArchiveError> {
-        if chunk.files.len() != self.pending.len() {
+    /// A chunk's records: those of files in this archive match the files before it, in order; a
+    /// differential's inherited ones go to the visitor.
+    fn chunk(&mut self, chunk: FileChunk, visitor: &mut (dyn Visitor + Send)) -> Result<(), ArchiveError> {
+        let carried = chunk.files.iter().filter(|f| !f.base).count();
+        if carried != self.pending.len() {
             return Err(ArchiveError::Manifest(format!(
-                "a manifest chunk lists {} files where {} came before it",
-                chunk.files.len(),
+                "a manifest chunk lists {carried} files where {} came before it",
                 self.pending.len()
             )));
         }
-        for (want, got) in chunk.files.iter().zip(self.pending.drain(..)) {
+        for rec in chunk.files.iter().filter(|f| f.base) {
+            self.inherited += 1;
+            self.inherited_bytes += rec.size;
+            visitor.inherited(rec)?;
+        }
+        for (want, got) in chunk.files.iter().filter(|f| !f.base).zip(self.pending.drain(..)) {
             if *want != got {
                 return Err(ArchiveError::Manifest(format!(
                     "{} does not match its size and SHA-256 in the manifest",
@@ -318,7 +336,11 @@ impl ManifestCheck {
                 "the manifest's summary is missing: the archive was cut short".into(),
             ));
         };
-        if !self.pending.is_empty() || summary.chunks != self.chunks || summary.files != files {
+        if !self.pending.is_empty()
+            || summary.chunks != self.chunks
+            || summary.files != files
+            || summary.inherited != self.inherited
+        {
             return Err(ArchiveError::Manifest(format!(
                 "it lists {} files in {} chunks; the archive holds {files} files and {} chunks",
                 summary.files, summary.chunks, self.chunks

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FileType;
 
 use super::file_writer::{FileMeta, FileWriter};
+use super::from_base::{FromBase, Spill};
+use super::manifest::FileRecord;
 use super::handle::DirHandle;
 use super::rules::{self, HardLinks, Layout, Role};
 use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
@@ -86,6 +88,8 @@ pub struct Stager {
     cleanup: bool,
     /// writes the files' data on a thread of its own
     writer: FileWriter,
+    /// a differential's files to take from its base
+    inherited: Option<Spill>,
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
@@ -111,7 +115,32 @@ impl Stager {
             as_root: rustix::process::geteuid().is_root(),
             cleanup: true,
             writer: FileWriter::start()?,
+            inherited: None,
         })
+    }
+
+    /// How many files of the backup just read are its base's (a differential's; 0 for a full).
+    pub fn inherited(&self) -> u64 {
+        self.inherited.as_ref().map_or(0, Spill::count)
+    }
+
+    /// After a differential's own archive: the visitor for its base's, which takes from it only
+    /// the files the differential listed as the base's.
+    pub fn from_base(&mut self, base: BackupId) -> Result<FromBase<'_>, ArchiveError> {
+        let spill = match self.inherited.take() {
+            Some(spill) => spill,
+            None => Spill::new()?,
+        };
+        FromBase::new(self, base, spill)
+    }
+
+    /// The current server_name, and whether another server's backup may be restored.
+    pub(super) fn server(&self) -> (String, bool) {
+        (self.cfg.server_name.clone(), self.force)
+    }
+
+    pub(super) fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     fn target(&self, role: Role) -> Option<PathBuf> {
@@ -475,6 +504,16 @@ impl Visitor for Stager {
         }
         self.layout = Layout::Manifest(h.roots.clone());
         Ok(())
+    }
+
+    fn inherited(&mut self, file: &FileRecord) -> Result<(), ArchiveError> {
+        if self.inherited.is_none() {
+            self.inherited = Some(Spill::new()?);
+        }
+        match &mut self.inherited {
+            Some(spill) => spill.push(&self.layout, &file.path, file.size),
+            None => Ok(()),
+        }
     }
 
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {

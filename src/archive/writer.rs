@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, HeaderMode};
 
 use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
+use super::index::{IndexReader, IndexRecord, IndexWriter};
 use super::manifest::{self, FileChunk, FileRecord, Summary};
 use super::pipe::{pipe, PipeReader, PipeWriter};
 use super::stages::{self, first_cause, Counters};
@@ -45,6 +46,8 @@ pub struct Source {
     /// entry holds the snapshot's bytes with the live file's metadata.
     pub meta_from: Option<PathBuf>,
     pub tree: bool,
+    /// A media directory's tree: which one ([`super::MEDIA_DIRS`]), for the index.
+    pub media: Option<usize>,
 }
 
 impl Source {
@@ -54,6 +57,7 @@ impl Source {
             name: entry_name(path),
             meta_from: None,
             tree: false,
+            media: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl Source {
             name: entry_name(live_path),
             meta_from: Some(live_path.into()),
             tree: false,
+            media: None,
         }
     }
 
@@ -73,21 +78,50 @@ impl Source {
             name: entry_name(root),
             meta_from: None,
             tree: true,
+            media: None,
+        }
+    }
+
+    /// Media directory `i` of [`super::MEDIA_DIRS`], at `root`.
+    pub fn media(root: &Path, i: usize) -> Self {
+        Source {
+            media: Some(i),
+            ..Source::tree(root)
         }
     }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Written {
+    /// Files in the archive, and their bytes.
     pub files: u64,
     pub bytes: u64,
+    /// A differential's unchanged files, listed for its base to provide.
+    pub inherited: u64,
+    pub inherited_bytes: u64,
 }
+
+/// What the walk does with media files beyond archiving them.
+pub enum Delta<'a> {
+    /// Archive every file, keep no index.
+    None,
+    /// A full: archive every file and write the index a later differential needs.
+    Index(&'a mut IndexWriter),
+    /// A differential: archive only what changed since the base this index describes; list the
+    /// rest as the base's.
+    Base(&'a mut IndexReader),
+}
+
+/// Files modified this close to (or after) the moment the base started walking may have changed
+/// without their size or mtime showing it (the clock ticks coarsely): their content is compared.
+const SETTLED_NS: i128 = 2_000_000_000;
 
 /// Streams the plan, encrypted with `passphrase`, into `upload` (which the caller then finishes).
 pub fn write(
     plan: &Plan,
     passphrase: &Secret,
     upload: &mut dyn Upload,
+    delta: Delta<'_>,
     progress: &dyn ProgressSink,
 ) -> Result<Written, ArchiveError> {
     let counters = Counters::default();
@@ -96,14 +130,12 @@ pub fn write(
         "backing up",
         &counters,
         progress,
-        || Producer::run(plan, tx, &counters),
+        || Producer::run(plan, tx, &counters, delta),
         || encrypt_stage(rx, passphrase, upload),
     );
-    first_cause(produced, encrypted)?;
-    Ok(Written {
-        files: counters.files(),
-        bytes: counters.bytes(),
-    })
+    let written = produced.as_ref().map(|w| *w).unwrap_or_default();
+    first_cause(produced.map(drop), encrypted)?;
+    Ok(written)
 }
 
 fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
@@ -139,10 +171,13 @@ struct Producer<'a> {
     bytes: u64,
     peek: Vec<u8>,
     owner: (u64, u64),
+    delta: Delta<'a>,
+    inherited: u64,
+    inherited_bytes: u64,
 }
 
 impl<'a> Producer<'a> {
-    fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters) -> Result<(), ArchiveError> {
+    fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters, delta: Delta<'a>) -> Result<Written, ArchiveError> {
         let gz = AdaptiveGz::new(out, Level::Fast).map_err(write_err)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
@@ -163,12 +198,16 @@ impl<'a> Producer<'a> {
             bytes: 0,
             peek: vec![0; PEEK],
             owner,
+            delta,
+            inherited: 0,
+            inherited_bytes: 0,
         };
         p.json(manifest::HEADER, &plan.header)?;
         for source in &plan.sources {
             if source.tree {
                 let md = fs::metadata(&source.read_from).map_err(|e| read_err(&source.read_from, e))?;
-                p.tree(&source.read_from, &source.name, &md)?;
+                let media = source.media.map(|i| (i, String::new()));
+                p.tree(&source.read_from, &source.name, &md, media)?;
             } else {
                 p.file(&source.read_from, &source.name, true, source.meta_from.as_deref())?;
             }
@@ -179,11 +218,20 @@ impl<'a> Producer<'a> {
             files: p.files,
             bytes: p.bytes,
             chunks: p.chunks,
+            inherited: p.inherited,
+            inherited_bytes: p.inherited_bytes,
         };
         p.json(manifest::SUMMARY, &summary)?;
+        let written = Written {
+            files: p.files,
+            bytes: p.bytes,
+            inherited: p.inherited,
+            inherited_bytes: p.inherited_bytes,
+        };
         let buffered = p.tar.into_inner().map_err(write_err)?;
         let gz = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
-        gz.finish().map_err(write_err)?.finish().map_err(write_err)
+        gz.finish().map_err(write_err)?.finish().map_err(write_err)?;
+        Ok(written)
     }
 
     fn set_level(&mut self, level: Level) -> Result<(), ArchiveError> {
@@ -192,14 +240,21 @@ impl<'a> Producer<'a> {
         w.get_mut().set_level(level).map_err(write_err)
     }
 
-    /// One regular file. `required`: a file the backup cannot be without (signing key, database),
-    /// versus one of many media files that may be deleted while we walk.
-    fn file(&mut self, path: &Path, name: &str, required: bool, meta_from: Option<&Path>) -> Result<(), ArchiveError> {
+    /// One regular file; its SHA-256, or `None` when it was gone. `required`: a file the backup
+    /// cannot be without (signing key, database), versus one of many media files that may be
+    /// deleted while we walk.
+    fn file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        required: bool,
+        meta_from: Option<&Path>,
+    ) -> Result<Option<String>, ArchiveError> {
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!("{} disappeared while backing up; skipped", path.display());
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(read_err(path, e)),
         };
@@ -237,14 +292,52 @@ impl<'a> Producer<'a> {
                 io::Error::other("the file changed size while it was being backed up"),
             ));
         }
+        let sha256 = reader.hex();
         self.record(FileRecord {
             path: name.to_string(),
             size,
-            sha256: reader.hex(),
-        })
+            sha256: sha256.clone(),
+            base: false,
+        })?;
+        Ok(Some(sha256))
     }
 
-    fn tree(&mut self, dir: &Path, name: &str, md: &fs::Metadata) -> Result<(), ArchiveError> {
+    /// A media file of a differential or a full: listed as the base's when it is unchanged since,
+    /// archived (and indexed, for a full) otherwise.
+    fn media_file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        key: (usize, &str),
+        md: &fs::Metadata,
+    ) -> Result<(), ArchiveError> {
+        if let Delta::Base(base) = &mut self.delta {
+            let settled = base.header.started_ns - SETTLED_NS;
+            if let Some(rec) = base.find(key)? {
+                if rec.same_as(md) && (rec.mtime_ns < settled || hash_of(path).ok().as_deref() == Some(&rec.sha256)) {
+                    self.inherited += 1;
+                    self.inherited_bytes += rec.size;
+                    let done = self.files + self.inherited;
+                    self.counters.set(done, self.bytes + self.inherited_bytes);
+                    return self.push_record(FileRecord {
+                        path: name.to_string(),
+                        size: rec.size,
+                        sha256: rec.sha256,
+                        base: true,
+                    });
+                }
+            }
+        }
+        let sha256 = self.file(path, name, false, None)?;
+        if let (Delta::Index(index), Some(sha256)) = (&mut self.delta, sha256) {
+            index.push(&IndexRecord::new(key.0, key.1, md, sha256))?;
+        }
+        Ok(())
+    }
+
+    /// A directory and what is below it; `media`: which media directory it is in, and its path
+    /// below that directory's root.
+    fn tree(&mut self, dir: &Path, name: &str, md: &fs::Metadata, media: Option<(usize, String)>) -> Result<(), ArchiveError> {
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(md, HeaderMode::Complete);
         header.set_entry_type(EntryType::Directory);
@@ -267,10 +360,19 @@ impl<'a> Producer<'a> {
                 Err(e) => return Err(read_err(&path, e)),
             };
             let kind = md.file_type();
+            let child_media = media.as_ref().map(|(i, rest)| {
+                let child = child.to_string_lossy();
+                (*i, if rest.is_empty() { child.into_owned() } else { format!("{rest}/{child}") })
+            });
             if kind.is_dir() {
-                self.tree(&path, &child_name, &md)?;
+                self.tree(&path, &child_name, &md, child_media)?;
             } else if kind.is_file() {
-                self.file(&path, &child_name, false, None)?;
+                match &child_media {
+                    Some((i, rest)) => self.media_file(&path, &child_name, (*i, rest), &md)?,
+                    None => {
+                        self.file(&path, &child_name, false, None)?;
+                    }
+                }
             } else if kind.is_symlink() {
                 let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
                 let mut header = tar::Header::new_gnu();
@@ -290,7 +392,12 @@ impl<'a> Producer<'a> {
     fn record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
         self.files += 1;
         self.bytes += rec.size;
-        self.counters.set(self.files, self.bytes);
+        self.counters
+            .set(self.files + self.inherited, self.bytes + self.inherited_bytes);
+        self.push_record(rec)
+    }
+
+    fn push_record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
         self.chunk.push(rec);
         if self.chunk.len() >= manifest::CHUNK {
             self.flush_chunk()?;
@@ -330,6 +437,13 @@ impl<'a> Producer<'a> {
         let name = format!("{}/{file}", self.manifest_dir);
         self.tar.append_data(&mut header, name, &body[..]).map_err(write_err)
     }
+}
+
+/// SHA-256 of a file's content.
+fn hash_of(path: &Path) -> io::Result<String> {
+    let mut sha = Hashing::new(File::open(path)?);
+    io::copy(&mut sha, &mut io::sink())?;
+    Ok(sha.hex())
 }
 
 fn read_err(path: &Path, e: io::Error) -> ArchiveError {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::service::{retention, synapse_service};
+use super::service::{backup_choice, retention, synapse_service};
 use super::state::{option, CharmState, S3Settings};
 use crate::backup_id::BackupId;
 use crate::commands::{self, leftovers, owner, prune, restore::left_synapse_stopped, Create, Restore, Verify};
@@ -58,7 +58,7 @@ fn kv(key: &str, value: impl ToString) -> (String, String) {
 pub fn handle(name: &str, tools: &HookTools, state: &CharmState) -> Result<(), ToolError> {
     let params = tools.action_get()?;
     let outcome = match name {
-        "create-backup" => create(tools, state),
+        "create-backup" => create(tools, state, &params),
         "list-backups" => list(state, &params),
         "restore-backup" => restore(tools, state, &params),
         "delete-backup" => delete(state, &params),
@@ -76,8 +76,9 @@ pub fn handle(name: &str, tools: &HookTools, state: &CharmState) -> Result<(), T
     Ok(())
 }
 
-fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
+fn create(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, String> {
     let policy = retention(state)?;
+    let kind = backup_choice(state, params.get("type").and_then(Value::as_str))?;
     let passphrase = passphrase(state)?;
     let synapse = load_synapse(state)?;
     let store = open_store(state, "create-backup")?;
@@ -87,6 +88,7 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
             passphrase,
             store: store.as_ref(),
             abandoned_after: leftovers::DEFAULT_ABANDONED_AFTER,
+            kind,
         }
         .run(&action_log(tools))
     })?
@@ -106,11 +108,16 @@ fn create(tools: &HookTools, state: &CharmState) -> Result<Outcome, String> {
         kv("size", report.stored_bytes),
         kv("files", report.files),
         kv("server-name", &report.server_name),
+        kv("type", report.kind),
         kv("result", "correct"),
         // what killed creates left, removed (the notes above said so)
         kv("cleaned", ids_or_none(report.cleaned.iter().map(|l| l.id.to_string()))),
         kv("cleaned-bytes", leftovers::known_bytes(&report.cleaned)),
     ];
+    if let Some(base) = &report.base {
+        results.push(kv("base", base));
+        results.push(kv("inherited", report.inherited));
+    }
     if !policy.keeps_everything() {
         // the backup is made: a pruning problem is a note, not a failed action
         match prune::run(store.as_ref(), &policy, false, &synapse.server_name) {
@@ -160,6 +167,10 @@ fn list(state: &CharmState, params: &Map<String, Value>) -> Result<Outcome, Stri
         results.push(kv(&format!("{prefix}.size"), b.size));
         if let Some(name) = &b.meta.server_name {
             results.push(kv(&format!("{prefix}.server-name"), name));
+        }
+        results.push(kv(&format!("{prefix}.type"), b.meta.kind.as_deref().unwrap_or("full")));
+        if let Some(base) = &b.meta.base {
+            results.push(kv(&format!("{prefix}.base"), base));
         }
     }
     results.push(kv("formatted", formatted_table(&backups)));
@@ -293,6 +304,7 @@ fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
         kv("backup-id", &report.id),
         kv("files", report.files),
         kv("bytes", report.bytes),
+        kv("base", report.base.as_ref().map_or("none".to_string(), ToString::to_string)),
         kv("result", "correct"),
     ]))
 }

@@ -2,6 +2,7 @@
 //! place that builds these from the charm's state.
 
 use super::state::{option, CharmState, S3Settings};
+use crate::commands::create::Choice;
 use crate::commands::prune::Policy;
 use crate::synapse::service::{from_spec, ServiceControl, ServiceSpec};
 
@@ -29,6 +30,26 @@ pub fn health_timeout(state: &CharmState) -> Result<std::time::Duration, String>
                 state.health_timeout
             )
         })
+}
+
+/// create-backup's `type` (default `auto`), with `backup_full_every_days` for `auto`.
+pub fn backup_choice(state: &CharmState, kind: Option<&str>) -> Result<Choice, String> {
+    let days = u64::try_from(state.full_every_days)
+        .ok()
+        .filter(|d| *d > 0)
+        .ok_or_else(|| {
+            format!(
+                "{} must be a positive number of days, not {}",
+                option::FULL_EVERY_DAYS,
+                state.full_every_days
+            )
+        })?;
+    match kind.unwrap_or("auto").parse()? {
+        Choice::Auto { .. } => Ok(Choice::Auto {
+            full_every: std::time::Duration::from_secs(days * 86400),
+        }),
+        other => Ok(other),
+    }
 }
 
 /// Retention: `backup_keep_last`, and the s3-integrator's `delete-older-than-days`.

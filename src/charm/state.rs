@@ -31,6 +31,7 @@ pub mod option {
     pub const SYNAPSE_CONFIG: &str = "synapse_config";
     pub const SYNAPSE_SERVICE: &str = "synapse_service";
     pub const KEEP_LAST: &str = "backup_keep_last";
+    pub const FULL_EVERY_DAYS: &str = "backup_full_every_days";
     pub const HEALTH_TIMEOUT: &str = "synapse_health_timeout";
     /// Kubernetes charm only: the new server's name, and whether it reports usage statistics.
     pub const SERVER_NAME: &str = "server_name";
@@ -87,6 +88,8 @@ pub struct CharmState {
     pub synapse_service: String,
     /// `backup_keep_last`: how many backups to keep after a create (0 = all; negative is invalid).
     pub keep_last: i64,
+    /// `backup_full_every_days`: create-backup type=auto makes a full when the newest is this old.
+    pub full_every_days: i64,
     /// `synapse_health_timeout`: seconds Synapse may take to answer `/health` after a restore.
     pub health_timeout: i64,
     pub passphrase: Result<Passphrase, PassphraseProblem>,
@@ -156,6 +159,10 @@ impl CharmState {
         let synapse_service =
             string_option(&config, option::SYNAPSE_SERVICE).unwrap_or_else(|| default_service.to_string());
         let keep_last = config.get(option::KEEP_LAST).and_then(Value::as_i64).unwrap_or(0);
+        let full_every_days = config
+            .get(option::FULL_EVERY_DAYS)
+            .and_then(Value::as_i64)
+            .unwrap_or((crate::commands::create::DEFAULT_FULL_EVERY.as_secs() / 86400) as i64);
         let health_timeout = config
             .get(option::HEALTH_TIMEOUT)
             .and_then(Value::as_i64)
@@ -176,6 +183,7 @@ impl CharmState {
             synapse_config,
             synapse_service,
             keep_last,
+            full_every_days,
             health_timeout,
             passphrase,
             backup,

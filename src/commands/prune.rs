@@ -85,7 +85,8 @@ pub fn made_at(info: &ObjectInfo) -> SystemTime {
         .unwrap_or(info.last_modified)
 }
 
-/// The backups of `list` that `policy` says have expired at `now`, oldest first.
+/// The backups of `list` that `policy` says have expired at `now`, oldest first. A full that a
+/// kept differential builds on is kept with it (a chain is never broken).
 pub fn expired(list: &[ObjectInfo], policy: &Policy, now: SystemTime) -> Vec<BackupId> {
     if policy.keeps_everything() {
         return Vec::new();
@@ -113,6 +114,12 @@ pub fn expired(list: &[ObjectInfo], policy: &Policy, now: SystemTime) -> Vec<Bac
         })
         .map(|(_, (_, b))| b.id.clone())
         .collect();
+    let needed: std::collections::BTreeSet<&str> = list
+        .iter()
+        .filter(|b| b.meta.is_differential() && !out.contains(&b.id))
+        .filter_map(|b| b.meta.base.as_deref())
+        .collect();
+    out.retain(|id| !needed.contains(id.as_str()));
     out.reverse();
     out
 }

@@ -20,7 +20,7 @@ use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::{CountInto, Gauge, Measure, ProgressSink, WithGauge};
 use crate::secret::Passphrase;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectInfo, ObjectStore, StoreError};
 use crate::synapse::health;
 use crate::synapse::lock::Lock;
 use crate::synapse::service::{ServiceControl, ServiceError};
@@ -70,14 +70,34 @@ impl Restore<'_> {
         let service = self.service.describe();
         let controlled = self.service.controls_synapse();
         self.refuse_if_running()?;
-        self.check_free_space(info.size)?;
+        // a differential needs its full: make sure it is there before anything is downloaded
+        let base = match &info.meta.base {
+            Some(base) if info.meta.is_differential() => Some(self.base_info(base)?),
+            _ => None,
+        };
+        let base_size = base.as_ref().map_or(0, |b| b.size);
+        self.check_free_space(info.size + base_size)?;
         let mut stager = Stager::new(cfg, self.id, self.force)?;
-        // how far along: the share of the object downloaded
+        // how far along: the share of the object (and its base) downloaded
         let gauge = Gauge::new();
-        gauge.set_total(info.size);
+        gauge.set_total(info.size + base_size);
         let object = Box::new(CountInto::new(self.store.get(self.id)?, gauge.clone()));
-        let progress = WithGauge::new(progress, gauge, Measure::GaugeCount);
+        let progress = WithGauge::new(progress, gauge.clone(), Measure::GaugeCount);
         let summary = archive::read(object, self.passphrase, &mut stager, &progress)?;
+        // the manifest inside says whether it is a differential (the store's metadata may be lost)
+        if let Some(base) = summary.header.as_ref().and_then(|h| h.base.as_deref()) {
+            let base = self.base_info(base)?;
+            let object = Box::new(CountInto::new(self.store.get(&base.id)?, gauge.clone()));
+            let mut from_base = stager.from_base(base.id.clone())?;
+            archive::read(object, self.passphrase, &mut from_base, &progress)?;
+            from_base.finish()?;
+            notes.push(format!(
+                "a differential: {} unchanged files ({}) came from its full backup {}",
+                summary.inherited,
+                human_bytes(summary.inherited_bytes),
+                base.id
+            ));
+        }
         tracing::info!(
             "read and staged {} files in {:.1}s",
             summary.files,
@@ -176,6 +196,18 @@ impl Restore<'_> {
 
     /// Staging holds a whole unpacked copy beside the live data until the swap: refuse early, with
     /// Synapse untouched, when the filesystems it goes to cannot hold even the stored size.
+    /// A differential's full backup, which must be in the store.
+    fn base_info(&self, base: &str) -> Result<ObjectInfo, Error> {
+        let missing = || {
+            Error::Refused(format!(
+                "{} is a differential backup and its full backup {base} is not in the store: it cannot be restored; nothing was changed",
+                self.id
+            ))
+        };
+        let base_id: BackupId = base.parse().map_err(|_| missing())?;
+        self.store.head(&base_id)?.ok_or_else(missing)
+    }
+
     fn check_free_space(&self, stored: u64) -> Result<(), Error> {
         // the signing key is a few hundred bytes: its filesystem needs no check
         let mut dirs = vec![self.synapse.media_store_path.clone()];

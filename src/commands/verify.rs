@@ -1,7 +1,12 @@
 //! `verify`: read a whole backup, check OpenPGP integrity and every manifest hash; write nothing.
+//! A differential is checked with its full: every file it leaves to the full is in the full's
+//! index with the same size and SHA-256, and the full itself verifies.
 
 use std::time::{Duration, Instant};
 
+use crate::archive::index::IndexReader;
+use crate::archive::manifest::FileRecord;
+use crate::archive::rules::{Layout, Role};
 use crate::archive::{self, ArchiveError, Entry, Header, Visitor};
 use crate::backup_id::BackupId;
 use crate::error::Error;
@@ -23,19 +28,64 @@ pub struct VerifyReport {
     pub server_name: Option<String>,
     /// False for archives without a manifest (the reference charm's): only OpenPGP's check ran.
     pub manifest_checked: bool,
+    /// A differential's full backup, verified too, and the files the differential takes from it.
+    pub base: Option<BackupId>,
+    pub inherited: u64,
     pub elapsed: Duration,
 }
 
-/// Reads every entry and keeps nothing: the reader checks the hashes.
-struct Discard;
+/// Reads every entry and keeps nothing: the reader checks the hashes. A differential's inherited
+/// files are looked up in its base's index as they come (both are in tree order).
+struct Discard<'a> {
+    store: &'a dyn ObjectStore,
+    passphrase: &'a Passphrase,
+    layout: Option<Layout>,
+    base_index: Option<IndexReader>,
+}
 
-impl Visitor for Discard {
-    fn header(&mut self, _: &Header) -> Result<(), ArchiveError> {
+impl Visitor for Discard<'_> {
+    fn header(&mut self, h: &Header) -> Result<(), ArchiveError> {
+        self.layout = Some(Layout::Manifest(h.roots.clone()));
+        if let Some(base) = &h.base {
+            let missing = || ArchiveError::Damaged(format!("its full backup {base} has no index in the store"));
+            let id: BackupId = base.parse().map_err(|_| missing())?;
+            let index = self
+                .store
+                .get_index(&id)
+                .map_err(|e| ArchiveError::Damaged(format!("the index of its full backup {base}: {e}")))?
+                .ok_or_else(missing)?;
+            self.base_index = Some(IndexReader::open(index, self.passphrase)?);
+        }
         Ok(())
     }
+
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
         std::io::copy(e.data, &mut std::io::sink()).map_err(|err| ArchiveError::read(e.name, err))?;
         Ok(())
+    }
+
+    fn inherited(&mut self, file: &FileRecord) -> Result<(), ArchiveError> {
+        let (Some(layout), Some(index)) = (&self.layout, &mut self.base_index) else {
+            return Err(ArchiveError::Manifest(format!(
+                "{} is listed as a full backup's, but the backup names no full",
+                file.path
+            )));
+        };
+        let found = match layout.classify(&file.path) {
+            Some((Role::Media(m), rest)) => index.find((m, rest))?,
+            _ => None,
+        };
+        match found {
+            Some(rec) if rec.size == file.size && rec.sha256 == file.sha256 => Ok(()),
+            Some(_) => Err(ArchiveError::Damaged(format!(
+                "{} differs from the full backup's copy",
+                file.path
+            ))),
+            None => Err(ArchiveError::Damaged(format!(
+                "{} is not in the full backup it is left to",
+                file.path
+            ))),
+        }
     }
 }
 
@@ -45,13 +95,41 @@ impl Verify<'_> {
         if self.store.head(self.id)?.is_none() {
             return Err(StoreError::NotFound(self.id.clone()).into());
         }
-        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut Discard, progress)?;
+        let mut discard = Discard {
+            store: self.store,
+            passphrase: self.passphrase,
+            layout: None,
+            base_index: None,
+        };
+        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut discard, progress)?;
+        let base = match summary.header.as_ref().and_then(|h| h.base.clone()) {
+            Some(base) => {
+                let id: BackupId = base
+                    .parse()
+                    .map_err(|_| ArchiveError::Manifest(format!("its base {base:?} is not a backup id")))?;
+                if let Some(index) = discard.base_index.take() {
+                    index.check_to_end()?;
+                }
+                let mut plain = Discard {
+                    store: self.store,
+                    passphrase: self.passphrase,
+                    layout: None,
+                    base_index: None,
+                };
+                archive::read(self.store.get(&id)?, self.passphrase, &mut plain, progress)
+                    .map_err(|e| Error::Refused(format!("its full backup {id} does not verify: {e}")))?;
+                Some(id)
+            }
+            None => None,
+        };
         Ok(VerifyReport {
             id: self.id.clone(),
             files: summary.files,
             bytes: summary.bytes,
             server_name: summary.header.map(|h| h.server_name),
             manifest_checked: summary.manifest_checked,
+            base,
+            inherited: summary.inherited,
             elapsed: started.elapsed(),
         })
     }

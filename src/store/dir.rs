@@ -1,5 +1,5 @@
 //! A local directory as a store: `<dir>/<backup-id>` per backup, with its metadata in a hidden
-//! sidecar (`.<backup-id>.meta.json`). For NFS mounts, air-gapped sites and the quick start.
+//! sidecar (`.<backup-id>.meta.json`) and a full's index in `.<backup-id>.index`. For NFS mounts, air-gapped sites and the quick start.
 //! An upload goes to a hidden `.partial` file and is renamed into place only once complete and
 //! synced, so a crash never leaves something that lists as a backup. A create killed before that
 //! (SIGKILL runs no cleanup) leaves the `.partial` file: [`ObjectStore::leftovers`] finds it.
@@ -32,6 +32,11 @@ impl DirStore {
 
     fn object(&self, id: &BackupId) -> PathBuf {
         self.root.join(id.as_str())
+    }
+
+    fn index(&self, id: &BackupId) -> PathBuf {
+        // hidden, as the metadata sidecar: a listing of the directory shows backups only
+        self.root.join(format!(".{id}{}", super::INDEX_SUFFIX))
     }
 
     fn sidecar(&self, id: &BackupId) -> PathBuf {
@@ -104,10 +109,29 @@ impl ObjectStore for DirStore {
             file: Some(BufWriter::with_capacity(64 << 10, file)),
             partial,
             target: self.object(id),
-            sidecar: self.sidecar(id),
-            meta: meta.clone(),
+            sidecar: Some((self.sidecar(id), meta.clone())),
             written: 0,
         }))
+    }
+
+    fn put_index(&self, id: &BackupId) -> Result<Box<dyn Upload>, StoreError> {
+        let partial = self.root.join(format!(".{id}{}.partial", super::INDEX_SUFFIX));
+        let file = create_private(&partial)?;
+        Ok(Box::new(DirUpload {
+            file: Some(BufWriter::with_capacity(64 << 10, file)),
+            partial,
+            target: self.index(id),
+            sidecar: None,
+            written: 0,
+        }))
+    }
+
+    fn get_index(&self, id: &BackupId) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        match File::open(self.index(id)) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("cannot open the index of {id}"), e)),
+        }
     }
 
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
@@ -125,6 +149,7 @@ impl ObjectStore for DirStore {
             Err(e) => return Err(StoreError::io(format!("cannot delete {id}"), e)),
         }
         let _ = fs::remove_file(self.sidecar(id));
+        let _ = fs::remove_file(self.index(id));
         Ok(())
     }
 
@@ -195,8 +220,8 @@ struct DirUpload {
     file: Option<BufWriter<File>>,
     partial: PathBuf,
     target: PathBuf,
-    sidecar: PathBuf,
-    meta: ObjectMeta,
+    /// A backup's metadata file (an index has none).
+    sidecar: Option<(PathBuf, ObjectMeta)>,
     written: u64,
 }
 
@@ -226,10 +251,12 @@ impl Upload for DirUpload {
             .map_err(|e| StoreError::io("cannot write the backup", e.into_error()))?;
         file.sync_all()
             .map_err(|e| StoreError::io("cannot write the backup", e))?;
-        let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut side = create_private(&self.sidecar)?;
-        side.write_all(&meta)
-            .map_err(|e| StoreError::io("cannot write the backup's metadata", e))?;
+        if let Some((sidecar, meta)) = &self.sidecar {
+            let meta = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::Other(e.to_string()))?;
+            let mut side = create_private(sidecar)?;
+            side.write_all(&meta)
+                .map_err(|e| StoreError::io("cannot write the backup's metadata", e))?;
+        }
         fs::rename(&self.partial, &self.target)
             .map_err(|e| StoreError::io(format!("cannot move the backup into {}", self.target.display()), e))?;
         if let Some(dir) = self.target.parent() {

@@ -21,7 +21,24 @@ pub struct ObjectMeta {
     pub tool_version: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: Option<String>,
+    /// `full` or `differential` (none: a full, as every backup before differentials was).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A differential's full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
+
+impl ObjectMeta {
+    /// Is this backup a differential (which needs its base to restore)?
+    pub fn is_differential(&self) -> bool {
+        self.kind.as_deref() == Some("differential")
+    }
+}
+
+/// A full backup's index sits beside it as `<backup-id>.index` (see [`crate::archive::index`]);
+/// the name is not a backup id, so no listing takes it for a backup.
+pub const INDEX_SUFFIX: &str = ".index";
 
 /// One backup as a listing or a `head` sees it.
 #[derive(Clone, Debug)]
@@ -103,7 +120,18 @@ pub trait ObjectStore: Send + Sync {
     fn head(&self, id: &BackupId) -> Result<Option<ObjectInfo>, StoreError>;
     fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError>;
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError>;
+    /// Deletes a backup, and its index if it has one.
     fn delete(&self, id: &BackupId) -> Result<(), StoreError>;
+
+    /// Stores a full backup's index (visible once the upload finishes, like a backup).
+    fn put_index(&self, id: &BackupId) -> Result<Box<dyn Upload>, StoreError> {
+        Err(StoreError::Unsupported(format!("{} keeps no index of {id}", self.location())))
+    }
+
+    /// A full backup's index; `None` when it has none.
+    fn get_index(&self, _id: &BackupId) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        Ok(None)
+    }
 
     /// Every [`Leftover`] under the prefix, whatever its age (an upload running now included),
     /// oldest first. [`StoreError::Unsupported`] when the store cannot find them. A store that

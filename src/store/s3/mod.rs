@@ -27,7 +27,7 @@ pub use self::download::DownloadTuning;
 use self::download::S3Download;
 pub use self::params::{S3ConfigError, S3Params, SignatureVersion, UriStyle, DEFAULT_REGION, KEYS};
 use self::upload::S3Upload;
-use super::{Leftover, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload};
+use super::{Leftover, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Upload, INDEX_SUFFIX};
 use crate::backup_id::BackupId;
 
 /// HEAD requests in flight while a listing gathers each backup's metadata.
@@ -38,6 +38,8 @@ const META_FORMAT: &str = "format";
 const META_SERVER_NAME: &str = "server-name";
 const META_TOOL_VERSION: &str = "tool-version";
 const META_CREATED_AT: &str = "created-at";
+const META_TYPE: &str = "backup-type";
+const META_BASE: &str = "base";
 
 /// What every request needs: the client and where it points.
 pub(crate) struct Target {
@@ -166,6 +168,79 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Starts a multipart upload of `key` (`name`, for messages) with these `x-amz-meta-*`.
+    fn start_upload(
+        &self,
+        key: String,
+        name: String,
+        meta: &[(&str, Option<String>)],
+    ) -> Result<Box<dyn Upload>, StoreError> {
+        let mut request = self
+            .target
+            .client
+            .create_multipart_upload()
+            .bucket(&self.target.bucket)
+            .key(&key)
+            .content_type("application/pgp-encrypted")
+            .set_storage_class(self.params.storage_class.as_deref().map(StorageClass::from));
+        for (meta_name, value) in meta {
+            if let Some(value) = value {
+                request = request.metadata(*meta_name, value);
+            }
+        }
+        let attributes = self.params.attributes.clone();
+        let out = self
+            .rt
+            .block_on(
+                request
+                    .customize()
+                    .mutate_request(move |req| {
+                        for (name, value) in &attributes {
+                            req.headers_mut().insert(name.clone(), value.clone());
+                        }
+                    })
+                    .send(),
+            )
+            .map_err(|e| store_error(self.cx(&format!("starting the upload of {name}")), e))?;
+        let upload_id = out
+            .upload_id
+            .ok_or_else(|| StoreError::Other(format!("starting the upload of {name}: the server gave no upload id")))?;
+        Ok(Box::new(S3Upload::new(
+            self.target.clone(),
+            self.rt.clone(),
+            key,
+            upload_id,
+            name,
+        )))
+    }
+
+    /// A streaming download of `key` (`name`, for messages); `None` when there is no such object.
+    fn download(&self, key: String, name: &str) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        let request = |range: Option<String>| {
+            let request = self.target.client.get_object().bucket(&self.target.bucket).key(&key);
+            request.set_range(range).send()
+        };
+        // the first range tells the object's size and ETag; an empty object has no range to give
+        let last = self.download.range_size.max(1) - 1;
+        let first = match self.rt.block_on(request(Some(format!("bytes=0-{last}")))) {
+            Err(e) if status(&e) == Some(416) => self.rt.block_on(request(None)),
+            first => first,
+        };
+        match first {
+            Ok(out) => Ok(Some(Box::new(S3Download::start(
+                self.rt.clone(),
+                self.target.clone(),
+                key.clone(),
+                self.download,
+                out,
+            )?))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(store_error(self.cx(&format!("downloading {name}")), e)),
+        }
+    }
+}
+
 fn is_no_such_bucket<E: aws_sdk_s3::error::ProvideErrorMetadata>(
     e: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
 ) -> bool {
@@ -187,6 +262,8 @@ fn info(id: BackupId, out: &HeadObjectOutput) -> ObjectInfo {
             server_name: get(META_SERVER_NAME),
             tool_version: get(META_TOOL_VERSION),
             created_at: get(META_CREATED_AT),
+            kind: get(META_TYPE),
+            base: get(META_BASE),
         },
     }
 }
@@ -252,75 +329,30 @@ impl ObjectStore for S3Store {
     }
 
     fn put(&self, id: &BackupId, meta: &ObjectMeta) -> Result<Box<dyn Upload>, StoreError> {
-        let key = self.params.key(id.as_str());
-        let mut request = self
-            .target
-            .client
-            .create_multipart_upload()
-            .bucket(&self.target.bucket)
-            .key(&key)
-            .content_type("application/pgp-encrypted")
-            .set_storage_class(self.params.storage_class.as_deref().map(StorageClass::from));
         let entries = [
             (META_FORMAT, meta.format.map(|f| f.to_string())),
             (META_SERVER_NAME, meta.server_name.clone()),
             (META_TOOL_VERSION, meta.tool_version.clone()),
             (META_CREATED_AT, meta.created_at.clone()),
+            (META_TYPE, meta.kind.clone()),
+            (META_BASE, meta.base.clone()),
         ];
-        for (name, value) in entries {
-            if let Some(value) = value {
-                request = request.metadata(name, value);
-            }
-        }
-        let attributes = self.params.attributes.clone();
-        let out = self
-            .rt
-            .block_on(
-                request
-                    .customize()
-                    .mutate_request(move |req| {
-                        for (name, value) in &attributes {
-                            req.headers_mut().insert(name.clone(), value.clone());
-                        }
-                    })
-                    .send(),
-            )
-            .map_err(|e| store_error(self.cx(&format!("starting the upload of {id}")), e))?;
-        let upload_id = out
-            .upload_id
-            .ok_or_else(|| StoreError::Other(format!("starting the upload of {id}: the server gave no upload id")))?;
-        Ok(Box::new(S3Upload::new(
-            self.target.clone(),
-            self.rt.clone(),
-            key,
-            upload_id,
-            id.to_string(),
-        )))
+        self.start_upload(self.params.key(id.as_str()), id.to_string(), &entries)
     }
 
     fn get(&self, id: &BackupId) -> Result<Box<dyn Read + Send>, StoreError> {
-        let key = self.params.key(id.as_str());
-        let request = |range: Option<String>| {
-            let request = self.target.client.get_object().bucket(&self.target.bucket).key(&key);
-            request.set_range(range).send()
-        };
-        // the first range tells the object's size and ETag; an empty object has no range to give
-        let last = self.download.range_size.max(1) - 1;
-        let first = match self.rt.block_on(request(Some(format!("bytes=0-{last}")))) {
-            Err(e) if status(&e) == Some(416) => self.rt.block_on(request(None)),
-            first => first,
-        };
-        match first {
-            Ok(out) => Ok(Box::new(S3Download::start(
-                self.rt.clone(),
-                self.target.clone(),
-                key,
-                self.download,
-                out,
-            )?)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Err(StoreError::NotFound(id.clone())),
-            Err(e) => Err(store_error(self.cx(&format!("downloading {id}")), e)),
-        }
+        self.download(self.params.key(id.as_str()), &id.to_string())?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    fn put_index(&self, id: &BackupId) -> Result<Box<dyn Upload>, StoreError> {
+        let name = format!("{id}{INDEX_SUFFIX}");
+        self.start_upload(self.params.key(&name), name, &[])
+    }
+
+    fn get_index(&self, id: &BackupId) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        let name = format!("{id}{INDEX_SUFFIX}");
+        self.download(self.params.key(&name), &name)
     }
 
     fn delete(&self, id: &BackupId) -> Result<(), StoreError> {
@@ -338,6 +370,18 @@ impl ObjectStore for S3Store {
                     .send(),
             )
             .map_err(|e| store_error(self.cx(&format!("deleting {id}")), e))?;
+        // its index, if it has one (S3 deletes a missing key without complaint)
+        let index = format!("{id}{INDEX_SUFFIX}");
+        self.rt
+            .block_on(
+                self.target
+                    .client
+                    .delete_object()
+                    .bucket(&self.target.bucket)
+                    .key(self.params.key(&index))
+                    .send(),
+            )
+            .map_err(|e| store_error(self.cx(&format!("deleting {index}")), e))?;
         Ok(())
     }
 
