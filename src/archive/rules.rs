@@ -165,7 +165,7 @@ pub fn symlink_refusal(target: &str) -> Option<String> {
 /// no name longer than [`MAX_NAME`].
 pub fn name_refusal(name: &[u8]) -> Option<String> {
     if std::str::from_utf8(name).is_err() {
-        return Some("a name that is not UTF-8 (a restore could not give it back as it is)".into());
+        return Some("a name that is not UTF-8, which a restore could not give back as it is".into());
     }
     if name.len() > MAX_NAME {
         return Some(format!("a name longer than {MAX_NAME} bytes ({} bytes)", name.len()));
@@ -178,7 +178,7 @@ pub fn name_refusal(name: &[u8]) -> Option<String> {
 pub fn link_target_refusal(target: &[u8]) -> Option<String> {
     std::str::from_utf8(target)
         .is_err()
-        .then(|| "a link whose target is not UTF-8 (a restore could not give it back as it is)".into())
+        .then(|| "a link whose target is not UTF-8, which a restore could not give back as it is".into())
 }
 
 /// An entry outside every role, in our archives (foreign ones' are skipped).
