@@ -300,6 +300,26 @@ fn verify_refuses_what_restore_refuses_with_the_same_message() {
         assert_eq!(said, error_line(&restored), "{script}");
         assert_eq!(digest(&data), before, "{script}");
     }
+    // a format this version cannot read
+    let mut newer = header.clone();
+    newer["format"] = json!(99);
+    let id = hostile_backup(
+        tmp.path(),
+        &store,
+        &format!(
+            "add('{rel}/.synapse-backup/header.json', data={:?}.encode())",
+            newer.to_string()
+        ),
+    );
+    let verified = cli(&config, &store, &["verify", &id]);
+    let restored = cli(&config, &store, &["restore", &id]);
+    assert!(!verified.ok && !restored.ok);
+    assert!(
+        error_line(&verified).contains("upgrade to restore it"),
+        "{}",
+        verified.stderr
+    );
+    assert_eq!(error_line(&verified), error_line(&restored));
     // a well-formed reference-charm archive is still good
     let id = hostile_backup(
         tmp.path(),

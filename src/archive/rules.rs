@@ -18,7 +18,7 @@ use std::hash::BuildHasher;
 use std::path::Path;
 
 use super::manifest::{Header, Roots};
-use super::{ArchiveError, EntryKind, MEDIA_DIRS};
+use super::{ArchiveError, EntryKind, FORMAT, MEDIA_DIRS};
 use crate::synapse::{Database, SynapseConfig};
 
 /// The longest entry name, link target or symlink target a restore accepts (Linux's PATH_MAX).
@@ -181,6 +181,17 @@ pub fn link_target_refusal(target: &[u8]) -> Option<String> {
         .then(|| "a link whose target is not UTF-8, which a restore could not give back as it is".into())
 }
 
+/// Why a restore stops at this header, whatever the server it restores onto, if it does: the
+/// archive is of a format this version cannot read.
+pub fn header_refusal(header: &Header) -> Option<ArchiveError> {
+    (header.format > FORMAT).then(|| {
+        ArchiveError::Refused(format!(
+            "the backup was made by a newer synapse-backup ({}, format {}); upgrade to restore it",
+            header.tool, header.format
+        ))
+    })
+}
+
 /// An entry outside every role, in our archives (foreign ones' are skipped).
 pub const NOT_ALLOWED: &str = "not a path this Synapse's config allows";
 /// A file or link whose name a directory already holds.
@@ -268,9 +279,14 @@ impl Restorable {
         }
     }
 
-    /// Our archive's header: its roots say where each role is.
-    pub fn header(&mut self, header: &Header) {
+    /// Our archive's header: its roots say where each role is (and its format must be one a
+    /// restore reads: [`header_refusal`]).
+    pub fn header(&mut self, header: &Header) -> Result<(), ArchiveError> {
+        if let Some(refused) = header_refusal(header) {
+            return Err(refused);
+        }
         self.layout = Layout::Manifest(header.roots.clone());
+        Ok(())
     }
 
     /// One entry (its name already checked by the reader), in the order the restore applies
@@ -401,8 +417,8 @@ mod tests {
     #[test]
     fn a_stream_is_checked_as_the_restore_writes_it() {
         let mut r = Restorable::new(Layout::foreign_default());
-        r.header(&Header {
-            format: 1,
+        let mut header = Header {
+            format: FORMAT,
             tool: "t".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
             server_name: "x".into(),
@@ -412,7 +428,11 @@ mod tests {
                 database: Some("data/homeserver.db".into()),
                 media_store: "data/media_store".into(),
             },
-        });
+        };
+        r.header(&header).unwrap();
+        header.format = FORMAT + 1;
+        let newer = r.header(&header).unwrap_err().to_string();
+        assert!(newer.contains("upgrade to restore it"), "{newer}");
         let m = |rel: &str| format!("data/media_store/local_content/{rel}");
         r.entry("data/x.signing.key", &EntryKind::File).unwrap();
         r.entry(&m(""), &EntryKind::Dir).unwrap();

@@ -40,8 +40,7 @@ struct Check(rules::Restorable);
 
 impl Visitor for Check {
     fn header(&mut self, header: &Header) -> Result<(), ArchiveError> {
-        self.0.header(header);
-        Ok(())
+        self.0.header(header)
     }
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
         self.0.entry(e.name, &e.kind)?;
