@@ -103,7 +103,7 @@ impl Create<'_> {
                 if let Ok(target) = std::fs::read_link(&root) {
                     // the configured root is followed: what it points to is what Synapse serves
                     notes.push(format!(
-                        "{} is a symbolic link to {}: backed up as the directory it points to (a restore onto a server where it is still a link refuses: point media_store_path at the real directory there)",
+                        "{} is a symbolic link to {}: backed up as the directory it points to (a restore will not replace a link: before restoring, put the directory in its place or point media_store_path at the real one)",
                         root.display(),
                         target.display()
                     ));
