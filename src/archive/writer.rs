@@ -8,19 +8,27 @@
 //! different cores. Memory is bounded by the pipe and the writers' buffers, whatever the tree size:
 //! files are streamed, directories are walked one at a time, and the manifest is flushed every
 //! [`manifest::CHUNK`] files.
+//!
+//! The walk leaves out what a restore would refuse (see [`super::rules`]: links that point out of
+//! their tree, fifos, sockets and devices, names that are not UTF-8 or too long), so a backup
+//! never holds an entry that would stop its own restore; each one is reported in [`Written`] and
+//! listed in the manifest's summary.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, HeaderMode};
 
 use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
-use super::manifest::{self, FileChunk, FileRecord, Summary};
+use super::manifest::{self, FileChunk, FileRecord, Skipped, Summary, SKIPPED_LISTED};
 use super::pipe::{pipe, PipeReader, PipeWriter};
+use super::rules::{self, Layout};
 use super::stages::{self, first_cause, Counters};
-use super::{crypto, entry_name, ArchiveError, Header};
+use super::{crypto, entry_name, ArchiveError, EntryKind, Header};
 use crate::progress::ProgressSink;
 use crate::secret::Secret;
 use crate::store::Upload;
@@ -77,10 +85,14 @@ impl Source {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Written {
     pub files: u64,
     pub bytes: u64,
+    /// The first [`SKIPPED_LISTED`] entries left out because a restore would refuse them.
+    pub skipped: Vec<Skipped>,
+    /// How many were left out in all.
+    pub skipped_count: u64,
 }
 
 /// Streams the plan, encrypted with `passphrase`, into `upload` (which the caller then finishes).
@@ -99,11 +111,24 @@ pub fn write(
         || Producer::run(plan, tx, &counters),
         || encrypt_stage(rx, passphrase, upload),
     );
+    let (produced, skipped) = match produced {
+        Ok(skipped) => (Ok(()), skipped),
+        Err(e) => (Err(e), Skips::default()),
+    };
     first_cause(produced, encrypted)?;
     Ok(Written {
         files: counters.files(),
         bytes: counters.bytes(),
+        skipped: skipped.listed,
+        skipped_count: skipped.count,
     })
+}
+
+/// What the walk left out: the first [`SKIPPED_LISTED`] by name, and how many in all.
+#[derive(Default)]
+struct Skips {
+    listed: Vec<Skipped>,
+    count: u64,
 }
 
 fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
@@ -139,10 +164,13 @@ struct Producer<'a> {
     bytes: u64,
     peek: Vec<u8>,
     owner: (u64, u64),
+    /// where each role's entries are, to apply the restore's rules to each entry
+    layout: Layout,
+    skips: Skips,
 }
 
 impl<'a> Producer<'a> {
-    fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters) -> Result<(), ArchiveError> {
+    fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters) -> Result<Skips, ArchiveError> {
         let gz = AdaptiveGz::new(out, Level::Fast).map_err(write_err)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
@@ -163,6 +191,8 @@ impl<'a> Producer<'a> {
             bytes: 0,
             peek: vec![0; PEEK],
             owner,
+            layout: Layout::Manifest(plan.header.roots.clone()),
+            skips: Skips::default(),
         };
         p.json(manifest::HEADER, &plan.header)?;
         for source in &plan.sources {
@@ -179,11 +209,24 @@ impl<'a> Producer<'a> {
             files: p.files,
             bytes: p.bytes,
             chunks: p.chunks,
+            skipped: p.skips.listed.clone(),
+            skipped_count: p.skips.count,
         };
         p.json(manifest::SUMMARY, &summary)?;
         let buffered = p.tar.into_inner().map_err(write_err)?;
         let gz = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
-        gz.finish().map_err(write_err)?.finish().map_err(write_err)
+        gz.finish().map_err(write_err)?.finish().map_err(write_err)?;
+        Ok(p.skips)
+    }
+
+    /// Leaves out the entry `name` (its bytes: maybe not UTF-8), saying why.
+    fn skip(&mut self, name: &[u8], reason: String) {
+        let name = escaped(name);
+        tracing::debug!("left out {name}: {reason}");
+        self.skips.count += 1;
+        if self.skips.listed.len() < SKIPPED_LISTED {
+            self.skips.listed.push(Skipped { name, reason });
+        }
     }
 
     fn set_level(&mut self, level: Level) -> Result<(), ArchiveError> {
@@ -193,18 +236,35 @@ impl<'a> Producer<'a> {
     }
 
     /// One regular file. `required`: a file the backup cannot be without (signing key, database),
-    /// versus one of many media files that may be deleted while we walk.
+    /// versus one of many media files that may be deleted while we walk. Those are opened
+    /// without following a link and without blocking (one may be replaced while we walk).
     fn file(&mut self, path: &Path, name: &str, required: bool, meta_from: Option<&Path>) -> Result<(), ArchiveError> {
-        let mut file = match File::open(path) {
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        if !required {
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        }
+        let mut file = match options.open(path) {
             Ok(f) => f,
             Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!("{} disappeared while backing up; skipped", path.display());
+                return Ok(());
+            }
+            Err(e) if !required && e.raw_os_error() == Some(libc::ELOOP) => {
+                self.skip(name.as_bytes(), "it became a link while it was backed up".into());
                 return Ok(());
             }
             Err(e) => return Err(read_err(path, e)),
         };
         let md = file.metadata().map_err(|e| read_err(path, e))?;
         if !md.is_file() {
+            if !required {
+                self.skip(
+                    name.as_bytes(),
+                    "it stopped being a regular file while it was backed up".into(),
+                );
+                return Ok(());
+            }
             return Err(read_err(path, io::Error::other("not a regular file")));
         }
         let size = md.len();
@@ -260,31 +320,95 @@ impl<'a> Producer<'a> {
         children.sort();
         for child in children {
             let path = dir.join(&child);
-            let child_name = format!("{name}/{}", child.to_string_lossy());
             let md = match fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(read_err(&path, e)),
             };
-            let kind = md.file_type();
-            if kind.is_dir() {
-                self.tree(&path, &child_name, &md)?;
-            } else if kind.is_file() {
-                self.file(&path, &child_name, false, None)?;
-            } else if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-                let mut header = tar::Header::new_gnu();
-                header.set_metadata_in_mode(&md, HeaderMode::Complete);
-                header.set_entry_type(EntryType::Symlink);
-                header.set_size(0);
-                self.tar
-                    .append_link(&mut header, &child_name, &target)
-                    .map_err(write_err)?;
+            let mut raw = Vec::with_capacity(name.len() + 1 + child.len());
+            raw.extend_from_slice(name.as_bytes());
+            raw.push(b'/');
+            raw.extend_from_slice(child.as_bytes());
+            let below = if md.is_dir() {
+                " (a directory: left out with everything in it)"
             } else {
-                tracing::warn!("{} is not a file, directory or link; skipped", path.display());
+                ""
+            };
+            if let Some(why) = rules::name_refusal(&raw) {
+                self.skip(&raw, format!("{why}{below}"));
+                continue;
+            }
+            let Ok(child_name) = String::from_utf8(raw) else {
+                continue; // not UTF-8: refused just above
+            };
+            let Some(kind) = self.kind(&path, &child_name, &md)? else {
+                continue;
+            };
+            let refused = match self.layout.classify(&child_name) {
+                Some((role, rest)) => rules::refusal(role, rest, &kind),
+                None => Some(rules::NOT_ALLOWED.to_string()),
+            };
+            if let Some(why) = refused {
+                self.skip(child_name.as_bytes(), format!("{why}{below}"));
+                continue;
+            }
+            match kind {
+                EntryKind::Dir => self.tree(&path, &child_name, &md)?,
+                EntryKind::File => self.file(&path, &child_name, false, None)?,
+                EntryKind::Symlink(target) => {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&md, HeaderMode::Complete);
+                    header.set_entry_type(EntryType::Symlink);
+                    header.set_size(0);
+                    self.tar
+                        .append_link(&mut header, &child_name, &target)
+                        .map_err(write_err)?;
+                }
+                EntryKind::HardLink(_) => {} // the walk never makes one
             }
         }
         Ok(())
+    }
+
+    /// What a walked entry would be in the archive; None when it is left out (a fifo, socket or
+    /// device, a link whose target is not UTF-8) or gone.
+    fn kind(&mut self, path: &Path, name: &str, md: &fs::Metadata) -> Result<Option<EntryKind>, ArchiveError> {
+        let t = md.file_type();
+        if t.is_dir() {
+            return Ok(Some(EntryKind::Dir));
+        }
+        if t.is_file() {
+            return Ok(Some(EntryKind::File));
+        }
+        if t.is_symlink() {
+            let target = match fs::read_link(path) {
+                Ok(target) => target,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(read_err(path, e)),
+            };
+            let bytes = target.as_os_str().as_bytes();
+            if let Some(why) = rules::link_target_refusal(bytes) {
+                self.skip(name.as_bytes(), why);
+                return Ok(None);
+            }
+            return Ok(Some(EntryKind::Symlink(String::from_utf8_lossy(bytes).into_owned())));
+        }
+        let what = if t.is_fifo() {
+            "a fifo"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_char_device() {
+            "a character device"
+        } else {
+            "not a file, directory or link"
+        };
+        self.skip(
+            name.as_bytes(),
+            format!("{what} (devices, fifos and the like are never restored)"),
+        );
+        Ok(None)
     }
 
     fn record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
@@ -332,6 +456,18 @@ impl<'a> Producer<'a> {
     }
 }
 
+/// A name as text: UTF-8 as it is, any other byte as `\xNN`.
+fn escaped(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 fn read_err(path: &Path, e: io::Error) -> ArchiveError {
     ArchiveError::io(format!("cannot read {}", path.display()), e)
 }
@@ -367,5 +503,16 @@ impl<R: Read> Read for Hashing<R> {
         self.sha.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn names_that_are_not_utf8_are_shown_byte_by_byte() {
+        assert_eq!(escaped(b"data/media/ok"), "data/media/ok");
+        assert_eq!(escaped(b"a-\xff\xfe-b/\xc3\xa9"), "a-\\xff\\xfe-b/\u{e9}");
     }
 }

@@ -1,10 +1,14 @@
 //! `create`: snapshot the database, stream signing key + database + local media through
 //! tar → gzip → OpenPGP into the store, and report what went in. Once the backup is made, what
 //! earlier creates killed mid-upload left in the store is removed (see [`super::leftovers`]).
+//!
+//! What a restore would refuse (links pointing out of their tree, fifos, sockets, devices, names
+//! that are not UTF-8 or too long: see [`archive::rules`]) is left out and reported, never archived.
 
 use std::time::{Duration, Instant};
 
 use super::{leftovers, recover};
+use crate::archive::manifest::Skipped;
 use crate::archive::{self, Header, Plan, Source};
 use crate::backup_id::BackupId;
 use crate::error::Error;
@@ -38,7 +42,33 @@ pub struct CreateReport {
     pub notes: Vec<String>,
     /// What earlier killed creates left in the store, removed after this backup was made.
     pub cleaned: Vec<Leftover>,
+    /// The first [`archive::manifest::SKIPPED_LISTED`] entries left out because a restore would
+    /// refuse them (the manifest lists the same).
+    pub skipped: Vec<Skipped>,
+    /// How many entries were left out in all.
+    pub skipped_count: u64,
     pub elapsed: Duration,
+}
+
+impl CreateReport {
+    /// What was left out, a line each (the listed ones), and how many more: both front doors
+    /// show these as notes.
+    pub fn skipped_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("left out /{}: {}", s.name, s.reason))
+            .collect();
+        let more = self.skipped_count.saturating_sub(self.skipped.len() as u64);
+        if more > 0 {
+            lines.push(format!(
+                "left out {more} more entries a restore would refuse ({} in all; the manifest lists the first {})",
+                self.skipped_count,
+                self.skipped.len()
+            ));
+        }
+        lines
+    }
 }
 
 pub const POSTGRES_NOTE: &str =
@@ -70,6 +100,14 @@ impl Create<'_> {
         for dir in archive::MEDIA_DIRS {
             let root = cfg.media_store_path.join(dir);
             if root.is_dir() {
+                if let Ok(target) = std::fs::read_link(&root) {
+                    // the configured root is followed: what it points to is what Synapse serves
+                    notes.push(format!(
+                        "{} is a symbolic link to {}: backed up as the directory it points to (a restore will not replace a link: before restoring, put the directory in its place or point media_store_path at the real one)",
+                        root.display(),
+                        target.display()
+                    ));
+                }
                 sources.push(Source::tree(&root));
             }
         }
@@ -103,14 +141,17 @@ impl Create<'_> {
             database: cfg.database.kind(),
             notes,
             cleaned: cleaned.cleaned,
+            skipped: written.skipped,
+            skipped_count: written.skipped_count,
             elapsed: started.elapsed(),
         })
     }
 }
 
-/// The bytes of the regular files at `path` (a file, or a tree walked without following links).
+/// The bytes of the regular files at `path` (a file, or a tree walked without following links
+/// below its root, as the backup walks it).
 fn size_of(path: &std::path::Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(path) else {
+    let Ok(md) = std::fs::metadata(path) else {
         return 0;
     };
     if md.is_file() {

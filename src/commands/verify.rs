@@ -1,18 +1,26 @@
-//! `verify`: read a whole backup, check OpenPGP integrity and every manifest hash; write nothing.
+//! `verify`: read a whole backup, check OpenPGP integrity and every manifest hash, and apply every
+//! rule the restore applies (names, roles, types, links, hard links: [`rules::Restorable`]), so
+//! "good" means "will restore"; write nothing.
 
 use std::time::{Duration, Instant};
 
+use crate::archive::rules::{self, Layout};
 use crate::archive::{self, ArchiveError, Entry, Header, Visitor};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
 use crate::store::{ObjectStore, StoreError};
+use crate::synapse::SynapseConfig;
 
 pub struct Verify<'a> {
     pub id: &'a BackupId,
     pub passphrase: &'a Passphrase,
     pub store: &'a dyn ObjectStore,
+    /// This server's config, when at hand: an archive without a manifest (the reference charm's)
+    /// is read as a restore onto this server would read it (its signing key's and database's file
+    /// names); without one, by the reference charm's names.
+    pub synapse: Option<&'a SynapseConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -26,14 +34,16 @@ pub struct VerifyReport {
     pub elapsed: Duration,
 }
 
-/// Reads every entry and keeps nothing: the reader checks the hashes.
-struct Discard;
+/// Reads every entry, applies the restore's rules to it, and keeps nothing: the reader checks
+/// the names and hashes.
+struct Check(rules::Restorable);
 
-impl Visitor for Discard {
-    fn header(&mut self, _: &Header) -> Result<(), ArchiveError> {
-        Ok(())
+impl Visitor for Check {
+    fn header(&mut self, header: &Header) -> Result<(), ArchiveError> {
+        self.0.header(header)
     }
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
+        self.0.entry(e.name, &e.kind)?;
         std::io::copy(e.data, &mut std::io::sink()).map_err(|err| ArchiveError::read(e.name, err))?;
         Ok(())
     }
@@ -45,7 +55,9 @@ impl Verify<'_> {
         if self.store.head(self.id)?.is_none() {
             return Err(StoreError::NotFound(self.id.clone()).into());
         }
-        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut Discard, progress)?;
+        let layout = self.synapse.map_or_else(Layout::foreign_default, Layout::foreign_for);
+        let mut check = Check(rules::Restorable::new(layout));
+        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut check, progress)?;
         Ok(VerifyReport {
             id: self.id.clone(),
             files: summary.files,
