@@ -406,6 +406,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
             for note in &notes {
                 eprintln!("note: {note}");
             }
+            for line in r.skipped_lines() {
+                eprintln!("note: {line}");
+            }
             print(
                 cli,
                 json!({
@@ -416,6 +419,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     "notes": notes, "seconds": r.elapsed.as_secs_f64(),
                     "pruned": pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "cleaned": r.cleaned.iter().map(leftovers::to_json).collect::<Vec<_>>(),
+                    "skipped": r.skipped.iter().map(|s| json!({ "path": format!("/{}", s.name), "reason": s.reason })).collect::<Vec<_>>(),
+                    "skipped-count": r.skipped_count,
                 }),
                 || {
                     let mut out = format!(
@@ -506,10 +511,13 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Verify { backup_id } => {
             let id: BackupId = backup_id.parse()?;
             let passphrase = read_passphrase(cli)?;
+            // for an archive without a manifest, the file names this server gives its key and database
+            let synapse = load_synapse(cli).ok();
             let r = Verify {
                 id: &id,
                 passphrase: &passphrase,
                 store,
+                synapse: synapse.as_ref(),
             }
             .run(progress.as_ref())?;
             print(

@@ -103,6 +103,24 @@ pub struct Summary {
     pub inherited: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub inherited_bytes: u64,
+    /// The first [`SKIPPED_LISTED`] entries `create` left out because a restore would refuse them
+    /// (absent in backups made before it said so).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+    /// How many entries were left out in all.
+    #[serde(default)]
+    pub skipped_count: u64,
+}
+
+/// How many skipped entries a manifest (and a report) lists by name.
+pub const SKIPPED_LISTED: usize = 100;
+
+/// An entry `create` left out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Its entry name (bytes that are not UTF-8 written as `\xNN`).
+    pub name: String,
+    pub reason: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -174,6 +192,15 @@ pub fn classify(name: &str) -> Option<ManifestPart> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_from_before_skipped_entries_were_recorded_still_parses() {
+        let old = r#"{"format":1,"tool":"synapse-backup 0.1.0","created_at":"2026-01-01T00:00:00Z",
+            "server_name":"x","database":"sqlite3","roots":{"signing_key":"data/x.signing.key",
+            "media_store":"data/media"},"files":3,"bytes":10,"chunks":1}"#;
+        let s: Summary = serde_json::from_str(old).unwrap();
+        assert_eq!((s.files, s.skipped_count, s.skipped.len()), (3, 0, 0));
+    }
 
     #[test]
     fn names() {

@@ -8,9 +8,16 @@
 //! different cores. Memory is bounded by the pipe and the writers' buffers, whatever the tree size:
 //! files are streamed, directories are walked one at a time, and the manifest is flushed every
 //! [`manifest::CHUNK`] files.
+//!
+//! The walk leaves out what a restore would refuse (see [`super::rules`]: links that point out of
+//! their tree, fifos, sockets and devices, names that are not UTF-8 or too long), so a backup
+//! never holds an entry that would stop its own restore; each one is reported in [`Written`] and
+//! listed in the manifest's summary.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufRead, BufWriter, Cursor, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -18,10 +25,11 @@ use tar::{EntryType, HeaderMode};
 
 use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
 use super::index::{IndexReader, IndexRecord, IndexWriter};
-use super::manifest::{self, FileChunk, FileRecord, Summary};
+use super::manifest::{self, FileChunk, FileRecord, Skipped, Summary, SKIPPED_LISTED};
 use super::pipe::{pipe, PipeReader, PipeWriter};
+use super::rules::{self, Layout};
 use super::stages::{self, first_cause, Counters};
-use super::{crypto, entry_name, ArchiveError, Header};
+use super::{crypto, entry_name, ArchiveError, EntryKind, Header};
 use crate::progress::ProgressSink;
 use crate::secret::Secret;
 use crate::store::Upload;
@@ -46,8 +54,6 @@ pub struct Source {
     /// entry holds the snapshot's bytes with the live file's metadata.
     pub meta_from: Option<PathBuf>,
     pub tree: bool,
-    /// A media directory's tree: which one ([`super::MEDIA_DIRS`]), for the index.
-    pub media: Option<usize>,
 }
 
 impl Source {
@@ -57,7 +63,6 @@ impl Source {
             name: entry_name(path),
             meta_from: None,
             tree: false,
-            media: None,
         }
     }
 
@@ -68,7 +73,6 @@ impl Source {
             name: entry_name(live_path),
             meta_from: Some(live_path.into()),
             tree: false,
-            media: None,
         }
     }
 
@@ -78,20 +82,11 @@ impl Source {
             name: entry_name(root),
             meta_from: None,
             tree: true,
-            media: None,
-        }
-    }
-
-    /// Media directory `i` of [`super::MEDIA_DIRS`], at `root`.
-    pub fn media(root: &Path, i: usize) -> Self {
-        Source {
-            media: Some(i),
-            ..Source::tree(root)
         }
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Written {
     /// Files in the archive, and their bytes.
     pub files: u64,
@@ -99,6 +94,10 @@ pub struct Written {
     /// A differential's unchanged files, listed for its base to provide.
     pub inherited: u64,
     pub inherited_bytes: u64,
+    /// The first [`SKIPPED_LISTED`] entries left out because a restore would refuse them.
+    pub skipped: Vec<Skipped>,
+    /// How many were left out in all.
+    pub skipped_count: u64,
 }
 
 /// What the walk does with media files beyond archiving them.
@@ -133,9 +132,19 @@ pub fn write(
         || Producer::run(plan, tx, &counters, delta),
         || encrypt_stage(rx, passphrase, upload),
     );
-    let written = produced.as_ref().map(|w| *w).unwrap_or_default();
-    first_cause(produced.map(drop), encrypted)?;
+    let (produced, written) = match produced {
+        Ok(written) => (Ok(()), written),
+        Err(e) => (Err(e), Written::default()),
+    };
+    first_cause(produced, encrypted)?;
     Ok(written)
+}
+
+/// What the walk left out: the first [`SKIPPED_LISTED`] by name, and how many in all.
+#[derive(Default)]
+struct Skips {
+    listed: Vec<Skipped>,
+    count: u64,
 }
 
 fn encrypt_stage(mut input: PipeReader, passphrase: &Secret, upload: &mut dyn Upload) -> Result<(), ArchiveError> {
@@ -171,6 +180,9 @@ struct Producer<'a> {
     bytes: u64,
     peek: Vec<u8>,
     owner: (u64, u64),
+    /// where each role's entries are, to apply the restore's rules to each entry
+    layout: Layout,
+    skips: Skips,
     delta: Delta<'a>,
     inherited: u64,
     inherited_bytes: u64,
@@ -198,6 +210,8 @@ impl<'a> Producer<'a> {
             bytes: 0,
             peek: vec![0; PEEK],
             owner,
+            layout: Layout::Manifest(plan.header.roots.clone()),
+            skips: Skips::default(),
             delta,
             inherited: 0,
             inherited_bytes: 0,
@@ -206,8 +220,7 @@ impl<'a> Producer<'a> {
         for source in &plan.sources {
             if source.tree {
                 let md = fs::metadata(&source.read_from).map_err(|e| read_err(&source.read_from, e))?;
-                let media = source.media.map(|i| (i, String::new()));
-                p.tree(&source.read_from, &source.name, &md, media)?;
+                p.tree(&source.read_from, &source.name, &md)?;
             } else {
                 p.file(&source.read_from, &source.name, true, source.meta_from.as_deref())?;
             }
@@ -218,20 +231,33 @@ impl<'a> Producer<'a> {
             files: p.files,
             bytes: p.bytes,
             chunks: p.chunks,
+            skipped: p.skips.listed.clone(),
+            skipped_count: p.skips.count,
             inherited: p.inherited,
             inherited_bytes: p.inherited_bytes,
         };
         p.json(manifest::SUMMARY, &summary)?;
-        let written = Written {
+        let buffered = p.tar.into_inner().map_err(write_err)?;
+        let gz = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
+        gz.finish().map_err(write_err)?.finish().map_err(write_err)?;
+        Ok(Written {
             files: p.files,
             bytes: p.bytes,
             inherited: p.inherited,
             inherited_bytes: p.inherited_bytes,
-        };
-        let buffered = p.tar.into_inner().map_err(write_err)?;
-        let gz = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
-        gz.finish().map_err(write_err)?.finish().map_err(write_err)?;
-        Ok(written)
+            skipped: p.skips.listed,
+            skipped_count: p.skips.count,
+        })
+    }
+
+    /// Leaves out the entry `name` (its bytes: maybe not UTF-8), saying why.
+    fn skip(&mut self, name: &[u8], reason: String) {
+        let name = escaped(name);
+        tracing::debug!("left out {name}: {reason}");
+        self.skips.count += 1;
+        if self.skips.listed.len() < SKIPPED_LISTED {
+            self.skips.listed.push(Skipped { name, reason });
+        }
     }
 
     fn set_level(&mut self, level: Level) -> Result<(), ArchiveError> {
@@ -240,9 +266,10 @@ impl<'a> Producer<'a> {
         w.get_mut().set_level(level).map_err(write_err)
     }
 
-    /// One regular file; its SHA-256, or `None` when it was gone. `required`: a file the backup
-    /// cannot be without (signing key, database), versus one of many media files that may be
-    /// deleted while we walk.
+    /// One regular file; its SHA-256, or `None` when it was left out. `required`: a file the
+    /// backup cannot be without (signing key, database), versus one of many media files that may
+    /// be deleted while we walk. Those are opened without following a link and without blocking
+    /// (one may be replaced while we walk).
     fn file(
         &mut self,
         path: &Path,
@@ -250,16 +277,32 @@ impl<'a> Producer<'a> {
         required: bool,
         meta_from: Option<&Path>,
     ) -> Result<Option<String>, ArchiveError> {
-        let mut file = match File::open(path) {
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        if !required {
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        }
+        let mut file = match options.open(path) {
             Ok(f) => f,
             Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!("{} disappeared while backing up; skipped", path.display());
+                return Ok(None);
+            }
+            Err(e) if !required && e.raw_os_error() == Some(libc::ELOOP) => {
+                self.skip(name.as_bytes(), "it became a link while it was backed up".into());
                 return Ok(None);
             }
             Err(e) => return Err(read_err(path, e)),
         };
         let md = file.metadata().map_err(|e| read_err(path, e))?;
         if !md.is_file() {
+            if !required {
+                self.skip(
+                    name.as_bytes(),
+                    "it stopped being a regular file while it was backed up".into(),
+                );
+                return Ok(None);
+            }
             return Err(read_err(path, io::Error::other("not a regular file")));
         }
         let size = md.len();
@@ -302,23 +345,19 @@ impl<'a> Producer<'a> {
         Ok(Some(sha256))
     }
 
-    /// A media file of a differential or a full: listed as the base's when it is unchanged since,
-    /// archived (and indexed, for a full) otherwise.
-    fn media_file(
-        &mut self,
-        path: &Path,
-        name: &str,
-        key: (usize, &str),
-        md: &fs::Metadata,
-    ) -> Result<(), ArchiveError> {
+    /// A media file: listed as the differential's base's when it is unchanged since, archived
+    /// (and indexed, for a full) otherwise. `key`: its media directory and path below it.
+    fn media_file(&mut self, path: &Path, name: &str, key: (usize, &str), md: &fs::Metadata) -> Result<(), ArchiveError> {
         if let Delta::Base(base) = &mut self.delta {
             let settled = base.header.started_ns - SETTLED_NS;
             if let Some(rec) = base.find(key)? {
-                if rec.same_as(md) && (rec.mtime_ns < settled || hash_of(path).ok().as_deref() == Some(&rec.sha256)) {
+                let unchanged = rec.same_as(md)
+                    && (rec.mtime_ns < settled || hash_of(path).ok().as_deref() == Some(rec.sha256.as_str()));
+                if unchanged {
                     self.inherited += 1;
                     self.inherited_bytes += rec.size;
-                    let done = self.files + self.inherited;
-                    self.counters.set(done, self.bytes + self.inherited_bytes);
+                    self.counters
+                        .set(self.files + self.inherited, self.bytes + self.inherited_bytes);
                     return self.push_record(FileRecord {
                         path: name.to_string(),
                         size: rec.size,
@@ -335,9 +374,7 @@ impl<'a> Producer<'a> {
         Ok(())
     }
 
-    /// A directory and what is below it; `media`: which media directory it is in, and its path
-    /// below that directory's root.
-    fn tree(&mut self, dir: &Path, name: &str, md: &fs::Metadata, media: Option<(usize, String)>) -> Result<(), ArchiveError> {
+    fn tree(&mut self, dir: &Path, name: &str, md: &fs::Metadata) -> Result<(), ArchiveError> {
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(md, HeaderMode::Complete);
         header.set_entry_type(EntryType::Directory);
@@ -353,40 +390,103 @@ impl<'a> Producer<'a> {
         children.sort();
         for child in children {
             let path = dir.join(&child);
-            let child_name = format!("{name}/{}", child.to_string_lossy());
             let md = match fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(read_err(&path, e)),
             };
-            let kind = md.file_type();
-            let child_media = media.as_ref().map(|(i, rest)| {
-                let child = child.to_string_lossy();
-                (*i, if rest.is_empty() { child.into_owned() } else { format!("{rest}/{child}") })
-            });
-            if kind.is_dir() {
-                self.tree(&path, &child_name, &md, child_media)?;
-            } else if kind.is_file() {
-                match &child_media {
-                    Some((i, rest)) => self.media_file(&path, &child_name, (*i, rest), &md)?,
-                    None => {
+            let mut raw = Vec::with_capacity(name.len() + 1 + child.len());
+            raw.extend_from_slice(name.as_bytes());
+            raw.push(b'/');
+            raw.extend_from_slice(child.as_bytes());
+            let below = if md.is_dir() {
+                " (a directory: left out with everything in it)"
+            } else {
+                ""
+            };
+            if let Some(why) = rules::name_refusal(&raw) {
+                self.skip(&raw, format!("{why}{below}"));
+                continue;
+            }
+            let Ok(child_name) = String::from_utf8(raw) else {
+                continue; // not UTF-8: refused just above
+            };
+            let Some(kind) = self.kind(&path, &child_name, &md)? else {
+                continue;
+            };
+            let refused = match self.layout.classify(&child_name) {
+                Some((role, rest)) => rules::refusal(role, rest, &kind),
+                None => Some(rules::NOT_ALLOWED.to_string()),
+            };
+            if let Some(why) = refused {
+                self.skip(child_name.as_bytes(), format!("{why}{below}"));
+                continue;
+            }
+            match kind {
+                EntryKind::Dir => self.tree(&path, &child_name, &md)?,
+                EntryKind::File => match self.layout.classify(&child_name) {
+                    Some((rules::Role::Media(m), rest)) => {
+                        let rest = rest.to_string();
+                        self.media_file(&path, &child_name, (m, &rest), &md)?
+                    }
+                    _ => {
                         self.file(&path, &child_name, false, None)?;
                     }
+                },
+                EntryKind::Symlink(target) => {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&md, HeaderMode::Complete);
+                    header.set_entry_type(EntryType::Symlink);
+                    header.set_size(0);
+                    self.tar
+                        .append_link(&mut header, &child_name, &target)
+                        .map_err(write_err)?;
                 }
-            } else if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-                let mut header = tar::Header::new_gnu();
-                header.set_metadata_in_mode(&md, HeaderMode::Complete);
-                header.set_entry_type(EntryType::Symlink);
-                header.set_size(0);
-                self.tar
-                    .append_link(&mut header, &child_name, &target)
-                    .map_err(write_err)?;
-            } else {
-                tracing::warn!("{} is not a file, directory or link; skipped", path.display());
+                EntryKind::HardLink(_) => {} // the walk never makes one
             }
         }
         Ok(())
+    }
+
+    /// What a walked entry would be in the archive; None when it is left out (a fifo, socket or
+    /// device, a link whose target is not UTF-8) or gone.
+    fn kind(&mut self, path: &Path, name: &str, md: &fs::Metadata) -> Result<Option<EntryKind>, ArchiveError> {
+        let t = md.file_type();
+        if t.is_dir() {
+            return Ok(Some(EntryKind::Dir));
+        }
+        if t.is_file() {
+            return Ok(Some(EntryKind::File));
+        }
+        if t.is_symlink() {
+            let target = match fs::read_link(path) {
+                Ok(target) => target,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(read_err(path, e)),
+            };
+            let bytes = target.as_os_str().as_bytes();
+            if let Some(why) = rules::link_target_refusal(bytes) {
+                self.skip(name.as_bytes(), why);
+                return Ok(None);
+            }
+            return Ok(Some(EntryKind::Symlink(String::from_utf8_lossy(bytes).into_owned())));
+        }
+        let what = if t.is_fifo() {
+            "a fifo"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_char_device() {
+            "a character device"
+        } else {
+            "not a file, directory or link"
+        };
+        self.skip(
+            name.as_bytes(),
+            format!("{what} (devices, fifos and the like are never restored)"),
+        );
+        Ok(None)
     }
 
     fn record(&mut self, rec: FileRecord) -> Result<(), ArchiveError> {
@@ -439,9 +539,21 @@ impl<'a> Producer<'a> {
     }
 }
 
+/// A name as text: UTF-8 as it is, any other byte as `\xNN`.
+fn escaped(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// SHA-256 of a file's content.
 fn hash_of(path: &Path) -> io::Result<String> {
-    let mut sha = Hashing::new(File::open(path)?);
+    let mut sha = Hashing::new(fs::File::open(path)?);
     io::copy(&mut sha, &mut io::sink())?;
     Ok(sha.hex())
 }
@@ -481,5 +593,16 @@ impl<R: Read> Read for Hashing<R> {
         self.sha.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn names_that_are_not_utf8_are_shown_byte_by_byte() {
+        assert_eq!(escaped(b"data/media/ok"), "data/media/ok");
+        assert_eq!(escaped(b"a-\xff\xfe-b/\xc3\xa9"), "a-\\xff\\xfe-b/\u{e9}");
     }
 }

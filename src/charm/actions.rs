@@ -93,7 +93,7 @@ fn create(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
         .run(&action_log(tools))
     })?
     .map_err(|e| failure("create-backup", e))?;
-    for note in &report.notes {
+    for note in report.notes.iter().chain(&report.skipped_lines()) {
         tools.action_log(&format!("note: {note}")).map_err(|e| e.to_string())?;
     }
     let _ = tools.action_log(&format!(
@@ -110,6 +110,8 @@ fn create(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
         kv("server-name", &report.server_name),
         kv("type", report.kind),
         kv("result", "correct"),
+        // entries left out because a restore would refuse them (the log lines above name them)
+        kv("skipped", report.skipped_count),
         // what killed creates left, removed (the notes above said so)
         kv("cleaned", ids_or_none(report.cleaned.iter().map(|l| l.id.to_string()))),
         kv("cleaned-bytes", leftovers::known_bytes(&report.cleaned)),
@@ -287,11 +289,14 @@ fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
     let id = backup_id(params)?;
     let passphrase = passphrase(state)?;
     let store = open_store(state, "verify-backup")?;
+    // for an archive without a manifest, the file names this server gives its key and database
+    let synapse = load_synapse(state).ok();
     let report = with_maintenance(tools, &format!("Backup: verifying {id}"), || {
         Verify {
             id: &id,
             passphrase,
             store: store.as_ref(),
+            synapse: synapse.as_ref(),
         }
         .run(&action_log(tools))
     })?

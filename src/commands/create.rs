@@ -5,12 +5,16 @@
 //! A full backup carries every file and leaves an index beside it; a differential carries the key,
 //! the database and only the media that changed since its base full, found by walking the tree
 //! against that index (see [`crate::archive::index`]), so nothing of the full is downloaded.
+//!
+//! What a restore would refuse (links pointing out of their tree, fifos, sockets, devices, names
+//! that are not UTF-8 or too long: see [`archive::rules`]) is left out and reported, never archived.
 
 use std::time::{Duration, Instant};
 
 use super::owner::{self, Owner};
 use super::{leftovers, recover};
 use crate::archive::index::{IndexHeader, IndexReader, IndexWriter};
+use crate::archive::manifest::Skipped;
 use crate::archive::writer::Delta;
 use crate::archive::{self, Header, Kind, Plan, Source};
 use crate::backup_id::BackupId;
@@ -82,7 +86,33 @@ pub struct CreateReport {
     pub notes: Vec<String>,
     /// What earlier killed creates left in the store, removed after this backup was made.
     pub cleaned: Vec<Leftover>,
+    /// The first [`archive::manifest::SKIPPED_LISTED`] entries left out because a restore would
+    /// refuse them (the manifest lists the same).
+    pub skipped: Vec<Skipped>,
+    /// How many entries were left out in all.
+    pub skipped_count: u64,
     pub elapsed: Duration,
+}
+
+impl CreateReport {
+    /// What was left out, a line each (the listed ones), and how many more: both front doors
+    /// show these as notes.
+    pub fn skipped_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("left out /{}: {}", s.name, s.reason))
+            .collect();
+        let more = self.skipped_count.saturating_sub(self.skipped.len() as u64);
+        if more > 0 {
+            lines.push(format!(
+                "left out {more} more entries a restore would refuse ({} in all; the manifest lists the first {})",
+                self.skipped_count,
+                self.skipped.len()
+            ));
+        }
+        lines
+    }
 }
 
 pub const POSTGRES_NOTE: &str =
@@ -115,10 +145,18 @@ impl Create<'_> {
         if let (Some(snap), Database::Sqlite(db)) = (&snapshot, &cfg.database) {
             sources.push(Source::snapshot_of(snap.path(), db));
         }
-        for (i, dir) in archive::MEDIA_DIRS.iter().enumerate() {
+        for dir in archive::MEDIA_DIRS {
             let root = cfg.media_store_path.join(dir);
             if root.is_dir() {
-                sources.push(Source::media(&root, i));
+                if let Ok(target) = std::fs::read_link(&root) {
+                    // the configured root is followed: what it points to is what Synapse serves
+                    notes.push(format!(
+                        "{} is a symbolic link to {}: backed up as the directory it points to (a restore will not replace a link: before restoring, put the directory in its place or point media_store_path at the real one)",
+                        root.display(),
+                        target.display()
+                    ));
+                }
+                sources.push(Source::tree(&root));
             }
         }
         let plan = Plan { header, sources };
@@ -175,6 +213,8 @@ impl Create<'_> {
             inherited_bytes: written.inherited_bytes,
             notes,
             cleaned: cleaned.cleaned,
+            skipped: written.skipped,
+            skipped_count: written.skipped_count,
             elapsed: started.elapsed(),
         })
     }
@@ -274,9 +314,10 @@ pub fn newest_full<'a>(list: &'a [ObjectInfo], server_name: &str) -> Option<&'a 
         .max_by(|a, b| a.id.cmp(&b.id))
 }
 
-/// The bytes of the regular files at `path` (a file, or a tree walked without following links).
+/// The bytes of the regular files at `path` (a file, or a tree walked without following links
+/// below its root, as the backup walks it).
 fn size_of(path: &std::path::Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(path) else {
+    let Ok(md) = std::fs::metadata(path) else {
         return 0;
     };
     if md.is_file() {

@@ -1,23 +1,30 @@
-//! `verify`: read a whole backup, check OpenPGP integrity and every manifest hash; write nothing.
-//! A differential is checked with its full: every file it leaves to the full is in the full's
-//! index with the same size and SHA-256, and the full itself verifies.
+//! `verify`: read a whole backup, check OpenPGP integrity and every manifest hash, and apply every
+//! rule the restore applies (names, roles, types, links, hard links: [`rules::Restorable`]), so
+//! "good" means "will restore"; write nothing. A differential is checked with its full: every
+//! file it leaves to the full is in the full's index with the same size and SHA-256, the index
+//! reads to its end, and the full itself verifies.
 
 use std::time::{Duration, Instant};
 
 use crate::archive::index::IndexReader;
 use crate::archive::manifest::FileRecord;
-use crate::archive::rules::{Layout, Role};
+use crate::archive::rules::{self, Layout, Role};
 use crate::archive::{self, ArchiveError, Entry, Header, Visitor};
 use crate::backup_id::BackupId;
 use crate::error::Error;
 use crate::progress::ProgressSink;
 use crate::secret::Passphrase;
 use crate::store::{ObjectStore, StoreError};
+use crate::synapse::SynapseConfig;
 
 pub struct Verify<'a> {
     pub id: &'a BackupId,
     pub passphrase: &'a Passphrase,
     pub store: &'a dyn ObjectStore,
+    /// This server's config, when at hand: an archive without a manifest (the reference charm's)
+    /// is read as a restore onto this server would read it (its signing key's and database's file
+    /// names); without one, by the reference charm's names.
+    pub synapse: Option<&'a SynapseConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,17 +41,20 @@ pub struct VerifyReport {
     pub elapsed: Duration,
 }
 
-/// Reads every entry and keeps nothing: the reader checks the hashes. A differential's inherited
-/// files are looked up in its base's index as they come (both are in tree order).
-struct Discard<'a> {
+/// Reads every entry, applies the restore's rules to it, and keeps nothing: the reader checks
+/// the names and hashes. A differential's inherited files are looked up in its full's index as
+/// they come (both are in tree order).
+struct Check<'a> {
+    rules: rules::Restorable,
     store: &'a dyn ObjectStore,
     passphrase: &'a Passphrase,
     layout: Option<Layout>,
     base_index: Option<IndexReader>,
 }
 
-impl Visitor for Discard<'_> {
+impl Visitor for Check<'_> {
     fn header(&mut self, h: &Header) -> Result<(), ArchiveError> {
+        self.rules.header(h)?;
         self.layout = Some(Layout::Manifest(h.roots.clone()));
         if let Some(base) = &h.base {
             let missing = || ArchiveError::Damaged(format!("its full backup {base} has no index in the store"));
@@ -60,6 +70,7 @@ impl Visitor for Discard<'_> {
     }
 
     fn entry(&mut self, e: Entry<'_>) -> Result<(), ArchiveError> {
+        self.rules.entry(e.name, &e.kind)?;
         std::io::copy(e.data, &mut std::io::sink()).map_err(|err| ArchiveError::read(e.name, err))?;
         Ok(())
     }
@@ -95,28 +106,17 @@ impl Verify<'_> {
         if self.store.head(self.id)?.is_none() {
             return Err(StoreError::NotFound(self.id.clone()).into());
         }
-        let mut discard = Discard {
-            store: self.store,
-            passphrase: self.passphrase,
-            layout: None,
-            base_index: None,
-        };
-        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut discard, progress)?;
+        let mut check = self.check();
+        let summary = archive::read(self.store.get(self.id)?, self.passphrase, &mut check, progress)?;
         let base = match summary.header.as_ref().and_then(|h| h.base.clone()) {
             Some(base) => {
                 let id: BackupId = base
                     .parse()
                     .map_err(|_| ArchiveError::Manifest(format!("its base {base:?} is not a backup id")))?;
-                if let Some(index) = discard.base_index.take() {
+                if let Some(index) = check.base_index.take() {
                     index.check_to_end()?;
                 }
-                let mut plain = Discard {
-                    store: self.store,
-                    passphrase: self.passphrase,
-                    layout: None,
-                    base_index: None,
-                };
-                archive::read(self.store.get(&id)?, self.passphrase, &mut plain, progress)
+                archive::read(self.store.get(&id)?, self.passphrase, &mut self.check(), progress)
                     .map_err(|e| Error::Refused(format!("its full backup {id} does not verify: {e}")))?;
                 Some(id)
             }
@@ -132,5 +132,16 @@ impl Verify<'_> {
             inherited: summary.inherited,
             elapsed: started.elapsed(),
         })
+    }
+
+    fn check(&self) -> Check<'_> {
+        let layout = self.synapse.map_or_else(Layout::foreign_default, Layout::foreign_for);
+        Check {
+            rules: rules::Restorable::new(layout),
+            store: self.store,
+            passphrase: self.passphrase,
+            layout: None,
+            base_index: None,
+        }
     }
 }
