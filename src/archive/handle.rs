@@ -139,8 +139,9 @@ impl DirHandle {
         Ok(rfs::fchmod(&self.fd, Mode::from_raw_mode(mode))?)
     }
 
-    pub fn set_mtime(&self, secs: u64) -> io::Result<()> {
-        let Ok(secs) = i64::try_from(secs) else {
+    pub fn set_mtime(&self, time: std::time::SystemTime) -> io::Result<()> {
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let Ok(secs) = i64::try_from(since.as_secs()) else {
             return Ok(()); // beyond any clock: keep the time it was made
         };
         let t = rfs::Timestamps {
