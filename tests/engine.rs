@@ -296,8 +296,8 @@ fn hostile_archives_write_nothing_outside() {
     let cases = [
         (format!("add('{rel}/media_store/local_content/../../../outside')"), "'..'"),
         (format!("add('{}')", outside.display()), "absolute"),
-        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='../../../..')\nadd('{rel}/media_store/local_content/ab/outside')"), "link pointing out"),
-        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='{}')", tmp.path().display()), "link pointing out"),
+        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='../../../..')\nadd('{rel}/media_store/local_content/ab/outside')"), "goes up with '..'"),
+        (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.SYMTYPE, link='{}')", tmp.path().display()), "a link to an absolute path"),
         (format!("add('{rel}/media_store/local_content/ab', kind=tarfile.CHRTYPE)"), "never restored"),
         (format!("add('{rel}/example.com.signing.key', kind=tarfile.SYMTYPE, link='/etc/shadow')"), "regular files"),
     ];
