@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn an_error_already_marked_is_not_marked_twice() {
-        let inner = io::Error::new(io::ErrorKind::Other, SourceFailed(io::Error::other("gone")));
+        let inner = io::Error::other(SourceFailed(io::Error::other("gone")));
         let mut src = Source(Failing(Some(inner)));
         let e = src.read(&mut [0u8; 8]).unwrap_err();
         assert_eq!(e.to_string(), "gone");

@@ -10,6 +10,12 @@
 //! decryptor. Either way memory stays bounded and
 //! integrity (the MDC) is only known at the end of the stream, which is why restores stage
 //! everything before they touch live data.
+//!
+//! Before the MDC, an object can only be trusted not to cost too much: at most [`MAX_SKESK`] key
+//! packets are tried, each S2K runs once (the keys go to whichever decryptor the message needs),
+//! S2K parameters are bounded, a SEIPD v1 packet too short to hold anything never reaches Sequoia
+//! (whose decryptor panics on one), every Sequoia call on the object runs under `catch_unwind`,
+//! and data after the SEIPD packet fails the read.
 
 mod framing;
 mod seipd;
