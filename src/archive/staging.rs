@@ -624,7 +624,8 @@ fn on_staged_db<T: Send>(
     f: fn(&Path) -> Result<T, sqlite::SqliteError>,
 ) -> Result<T, ArchiveError> {
     dir.confined(|root| f(&root.join(name)))
-        .map_err(|e| ArchiveError::io("checking the restored database", e))?
+        // `confined` fails only when its thread panicked: a bug, not the data's fault
+        .map_err(|e| ArchiveError::Internal(format!("checking the restored database: {e}")))?
         .map_err(|e| {
             ArchiveError::Sqlite(sqlite::SqliteError {
                 path: dir.join(name),

@@ -73,7 +73,7 @@ pub fn encrypt<W: Write>(mut sink: W, passphrase: &Secret) -> Result<Encrypting<
 /// an S2K, up to a few hundred milliseconds, so a burst of them is refused unopened.
 pub const MAX_SKESK: usize = 4;
 /// The largest Argon2 memory a key derivation may ask for: 2^21 KiB = 2 GiB (RFC 9580's first
-/// recommended parameters). GnuPG (2.2, 2.4) has no Argon2 S2K at all.
+/// recommended parameters). GnuPG has no Argon2 S2K at all (2.2.40: "unknown S2K mode 4").
 const MAX_ARGON2_M: u8 = 21;
 /// Argon2 passes and lanes at most (RFC 9580 recommends t = 1 or 3, p = 4).
 const MAX_ARGON2_T: u8 = 4;
