@@ -204,6 +204,28 @@ fn long_names_sparse_files_and_impossible_times_are_refused_clearly() {
     let run = cli(&config, &store, &["restore", &id]);
     assert_refused_untouched(&data, &before, &run, &["GNU sparse file", "never restored"]);
 
+    // a manifest header bigger than any header: refused by its size, before it is read
+    let id = plant(tmp.path(), &store, |out| {
+        let body = vec![b' '; 2 << 20];
+        write_entry(
+            out,
+            &gnu_header(
+                &format!("{}/.synapse-backup/header.json", rel(&data)),
+                tar::EntryType::Regular,
+                body.len() as u64,
+            ),
+            &body,
+        );
+        end_of_archive(out);
+    });
+    let run = cli(&config, &store, &["restore", &id]);
+    assert_refused_untouched(
+        &data,
+        &before,
+        &run,
+        &["is 2097152 bytes; a manifest entry is at most 1048576"],
+    );
+
     // modification times of 2^63 seconds (GNU base-256) and of the year 10000
     for mtime in [1u64 << 63, 253_402_300_800] {
         let id = plant(tmp.path(), &store, |out| {

@@ -72,9 +72,10 @@ pub struct ReadSummary {
     pub manifest_checked: bool,
 }
 
-/// The largest `header.json` or `manifest.json` read.
-const MAX_MANIFEST_PART: u64 = 1 << 20;
-/// The largest `files-NNNNNN.json` read: [`manifest::CHUNK`] records of the longest name.
+/// The largest `header.json` read (a few names and words).
+const MAX_HEADER_PART: u64 = 1 << 20;
+/// The largest `files-NNNNNN.json` or `manifest.json` read: [`manifest::CHUNK`] records of the
+/// longest name (the summary lists at most a hundred skipped entries, well within it).
 const MAX_FILES_PART: u64 = manifest::CHUNK as u64 * (MAX_NAME as u64 + 128);
 
 /// Reads the backup in `src` (the store's reader: its failures are told as the store's).
@@ -150,8 +151,8 @@ fn unpack_stage<R: BufRead>(
         let name = checked_name(&entry.path_bytes())?;
         if let Some(part) = manifest::classify(&name) {
             let cap = match part {
-                ManifestPart::Files => MAX_FILES_PART,
-                ManifestPart::Header | ManifestPart::Summary => MAX_MANIFEST_PART,
+                ManifestPart::Header => MAX_HEADER_PART,
+                ManifestPart::Files | ManifestPart::Summary => MAX_FILES_PART,
             };
             let body = read_small(&mut entry, &name, cap)?;
             match part {
