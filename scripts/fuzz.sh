@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the fuzz targets (docs/fuzzing.md) with cargo-fuzz, each for SECONDS (default 60), and
 # prints each one's executions. An input that fails is copied to fuzz/regressions/<target>/, where
-# the normal test run replays it (fuzz/harness/tests/regressions.rs) once it is fixed.
+# the normal test run replays it (fuzz/tests/regressions.rs) once it is fixed.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: restore decrypt manifest homeserver_yaml relation
 #
@@ -15,12 +15,13 @@ targets=("$@")
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cd "$repo/fuzz"
+fuzz_dir=(--fuzz-dir targets)
 status=0
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "artifacts/$t"
+    mkdir -p "targets/corpus/$t" "targets/artifacts/$t"
     log=$(mktemp)
     # -rss_limit_mb: any input that needs more memory than this is a finding (bounded memory)
-    if cargo fuzz run --sanitizer none "$t" "corpus/$t" "seeds/$t" -- \
+    if cargo fuzz run "${fuzz_dir[@]}" --sanitizer none "$t" "targets/corpus/$t" "seeds/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=512 -max_len=1048576 -timeout=30 \
         -print_final_stats=1 >"$log" 2>&1; then
         result=ok
@@ -28,7 +29,7 @@ for t in "${targets[@]}"; do
         result=FAILED
         status=1
         mkdir -p "regressions/$t"
-        for a in "artifacts/$t"/*; do [ -f "$a" ] && cp "$a" "regressions/$t/"; done
+        for a in "targets/artifacts/$t"/*; do [ -f "$a" ] && cp "$a" "regressions/$t/"; done
         tail -40 "$log"
     fi
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

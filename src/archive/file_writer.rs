@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::ArchiveError;
 
@@ -34,7 +34,8 @@ const DIRECT_FROM: u64 = 128 << 10;
 
 /// What a finished file gets once its data is written.
 pub struct FileMeta {
-    pub mtime: u64,
+    /// From [`super::mtime_of`]: never past the year 9999.
+    pub mtime: SystemTime,
     /// Owner to set (only when running as root).
     pub owner: Option<(u32, u32)>,
     pub mode: u32,
@@ -132,10 +133,10 @@ impl FileWriter {
         match self.thread.take().map(JoinHandle::join) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(e),
-            Some(Err(_)) => Err(ArchiveError::io(
-                "writing the restored files",
-                io::Error::other("the writing thread panicked"),
-            )),
+            Some(Err(p)) => Err(ArchiveError::Internal(format!(
+                "the thread writing the restored files panicked: {}",
+                super::cause::panic_text(p.as_ref())
+            ))),
         }
     }
 
@@ -181,13 +182,13 @@ fn write_all_jobs(queue: Receiver<Job>, give_back: &Sender<Buffer>) -> Result<()
             Job::Data(buf, n) => {
                 if let Some(c) = &mut current {
                     write_chunk(&mut c.file, buf.filled(n), &mut c.direct)
-                        .map_err(|e| ArchiveError::write(&c.path, e))?;
+                        .map_err(|e| ArchiveError::stage(&c.path, e))?;
                 }
                 let _ = give_back.send(buf);
             }
             Job::Finish(meta) => {
                 if let Some(c) = current.take() {
-                    finish_file(&c.file, &meta).map_err(|e| ArchiveError::write(&c.path, e))?;
+                    finish_file(&c.file, &meta).map_err(|e| ArchiveError::stage(&c.path, e))?;
                 }
             }
         }
@@ -233,7 +234,7 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 /// Times first (writing changed them), then owner, then mode (a change of owner clears set-id bits).
 fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
-    let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime));
+    let _ = file.set_modified(meta.mtime);
     if let Some((uid, gid)) = meta.owner {
         std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
     }
@@ -248,7 +249,7 @@ mod tests {
 
     fn meta(mode: u32) -> FileMeta {
         FileMeta {
-            mtime: 1_700_000_000,
+            mtime: crate::archive::mtime_of(1_700_000_000).unwrap(),
             owner: None,
             mode,
         }
@@ -317,6 +318,25 @@ mod tests {
         assert!(
             e.to_string().contains("media/x") && e.to_string().contains("cut"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_says_so() {
+        // /dev/full: every write fails with ENOSPC, as on a full filesystem
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            eprintln!("not run: no /dev/full");
+            return;
+        };
+        let mut writer = FileWriter::start().unwrap();
+        let data = pattern(300 << 10);
+        let first = writer.write(full, "/staged/x".into(), &mut &data[..], 300 << 10, "x", meta(0o600));
+        let e = first.and_then(|()| writer.finish()).unwrap_err();
+        assert!(matches!(e, ArchiveError::DiskFull { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("the disk is full") && text.contains("/staged/x") && text.contains("nothing was changed"),
+            "{text}"
         );
     }
 

@@ -139,8 +139,9 @@ impl DirHandle {
         Ok(rfs::fchmod(&self.fd, Mode::from_raw_mode(mode))?)
     }
 
-    pub fn set_mtime(&self, secs: u64) -> io::Result<()> {
-        let Ok(secs) = i64::try_from(secs) else {
+    pub fn set_mtime(&self, time: std::time::SystemTime) -> io::Result<()> {
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let Ok(secs) = i64::try_from(since.as_secs()) else {
             return Ok(()); // beyond any clock: keep the time it was made
         };
         let t = rfs::Timestamps {
@@ -251,7 +252,8 @@ impl DirHandle {
     /// opens files by path (SQLite, and the journals it makes beside a database): on a thread of
     /// its own whose root is this directory (`chroot`, after unsharing only that thread's
     /// filesystem context). Without the privilege to chroot (not root: then no other user's
-    /// writes are at stake), the path goes through `/proc/self/fd`.
+    /// writes are at stake), the path goes through `/proc/self/fd`. The only error is that
+    /// thread's panic.
     pub fn confined<T: Send>(&self, f: impl FnOnce(&Path) -> T + Send) -> io::Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -265,7 +267,12 @@ impl DirHandle {
                 f(&root)
             })
             .join()
-            .map_err(|_| io::Error::other("a thread working on the staged database panicked"))
+            .map_err(|p| {
+                io::Error::other(format!(
+                    "a thread working on the staged database panicked: {}",
+                    super::cause::panic_text(p.as_ref())
+                ))
+            })
         })
     }
 

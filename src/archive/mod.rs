@@ -9,6 +9,7 @@
 //! wrong server before writing anything), the size and SHA-256 of every file in chunks after the
 //! files they describe (so memory stays bounded whatever the tree size), and a summary last.
 
+pub mod cause;
 pub mod compress;
 pub mod crypto;
 mod file_writer;
@@ -22,9 +23,11 @@ pub mod rules;
 mod stages;
 pub mod staging;
 pub mod swap;
+pub mod tar_guard;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 pub use manifest::{Header, Kind};
 pub use reader::{read, Entry, EntryKind, ReadSummary, Visitor};
@@ -71,6 +74,19 @@ pub enum ArchiveError {
     },
     #[error("{0}")]
     Refused(String),
+    /// The object could not be read from its store (found by [`cause::SourceFailed`], not by text).
+    #[error("the backup could not be read from the store: {0}; nothing was changed")]
+    StoreRead(String),
+    /// No room left (ENOSPC, EDQUOT) for what a restore stages.
+    #[error("the disk is full: cannot write {path} ({source}); nothing was changed")]
+    DiskFull {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug: a pipeline thread panicked.
+    #[error("internal error (a bug in synapse-backup): {0}")]
+    Internal(String),
     #[error(transparent)]
     Sqlite(#[from] crate::synapse::sqlite::SqliteError),
 }
@@ -88,9 +104,22 @@ impl ArchiveError {
         ArchiveError::io(format!("cannot write {}", path.display()), source)
     }
 
-    /// A failure reading an entry's data: the stream below it broke.
+    /// A failure writing what a restore stages at `path`, where nothing live was touched yet: a
+    /// full disk says so.
+    pub fn stage(path: &std::path::Path, source: std::io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ArchiveError::DiskFull {
+                path: path.display().to_string(),
+                source,
+            },
+            _ => ArchiveError::write(path, source),
+        }
+    }
+
+    /// A failure reading an entry's data: the stream below it broke (the store, when it was the
+    /// store; else the object is damaged).
     pub fn read(entry: &str, source: std::io::Error) -> Self {
-        ArchiveError::Damaged(format!("reading {entry}: {source}"))
+        cause::classify(source, Some(&format!("reading {entry}")))
     }
 
     pub fn hostile(entry: &str, reason: impl Into<String>) -> Self {
@@ -99,6 +128,22 @@ impl ArchiveError {
             reason: reason.into(),
         }
     }
+}
+
+/// The last second of the year 9999: no entry's time is later (GNU tar's base-256 fields can say
+/// up to 2^95 seconds; `SystemTime` arithmetic panics long before that).
+pub const MAX_MTIME: u64 = 253_402_300_799;
+
+/// An entry's modification time as a `SystemTime`; refused past the year 9999.
+pub fn mtime_of(secs: u64) -> Result<SystemTime, ArchiveError> {
+    if secs > MAX_MTIME {
+        return Err(ArchiveError::Damaged(format!(
+            "a modification time of {secs} seconds after 1970, past the year 9999"
+        )));
+    }
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .ok_or_else(|| ArchiveError::Damaged(format!("a modification time of {secs} seconds after 1970")))
 }
 
 /// The tar entry name of an absolute path: the path without its leading `/`.

@@ -7,6 +7,8 @@
 use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
+use super::cause::PipeClosed;
+
 enum Msg {
     Data(Vec<u8>),
     End,
@@ -50,7 +52,7 @@ pub fn pipe(chunk: usize, depth: usize) -> (PipeWriter, PipeReader) {
 }
 
 fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the next stage of the pipeline stopped")
+    PipeClosed::Downstream.error()
 }
 
 impl PipeWriter {
@@ -111,12 +113,7 @@ impl BufRead for PipeReader {
                     let _ = self.free.try_send(used);
                 }
                 Ok(Msg::End) => self.ended = true,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the previous stage of the pipeline failed",
-                    ))
-                }
+                Err(_) => return Err(PipeClosed::Upstream.error()),
             }
         }
         Ok(&self.buf[self.pos..])
@@ -168,7 +165,11 @@ mod tests {
             drop(w);
         });
         let mut got = Vec::new();
-        assert!(r.read_to_end(&mut got).is_err());
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert_eq!(
+            crate::archive::cause::find::<PipeClosed>(&e),
+            Some(&PipeClosed::Upstream)
+        );
         t.join().unwrap();
     }
 }

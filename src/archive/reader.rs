@@ -9,6 +9,12 @@
 //! (no absolute names, no `..`, no devices); every file is hashed and, when the archive has a
 //! manifest, compared with it. The visitor decides where entries go; nothing here writes to disk.
 //! [`read`] returns Ok only if the whole stream was read and OpenPGP's integrity check passed.
+//!
+//! Until that check, at the very end, nothing read can be trusted, so nothing read is allowed to
+//! cost unbounded memory: the tar guard ([`super::tar_guard`]) caps what the `tar` crate buffers,
+//! manifest entries are capped by their header's size before they are read, and names, times and
+//! owners are range-checked before a visitor sees them. Failures are told apart by type
+//! ([`super::cause`]): the store's, a neighbouring stage's, or a damaged object.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
@@ -17,11 +23,14 @@ use std::sync::Mutex;
 use flate2::read::MultiGzDecoder;
 use tar::EntryType;
 
+use super::cause::{self, Source};
 use super::manifest::{self, FileChunk, FileRecord, ManifestPart, Summary};
 use super::pipe::{pipe, PipeWriter};
+use super::rules::MAX_NAME;
 use super::stages::{self, first_cause, Counters};
+use super::tar_guard::{shown, TarGuard};
 use super::writer::{Hashing, PIPE_CHUNK, PIPE_DEPTH};
-use super::{crypto, ArchiveError, Header};
+use super::{crypto, mtime_of, ArchiveError, Header};
 use crate::progress::ProgressSink;
 use crate::secret::Secret;
 
@@ -70,12 +79,20 @@ pub struct ReadSummary {
     pub manifest_checked: bool,
 }
 
+/// The largest `header.json` read (a few names and words).
+const MAX_HEADER_PART: u64 = 1 << 20;
+/// The largest `files-NNNNNN.json` or `manifest.json` read: [`manifest::CHUNK`] records of the
+/// longest name (the summary lists at most a hundred skipped entries, well within it).
+const MAX_FILES_PART: u64 = manifest::CHUNK as u64 * (MAX_NAME as u64 + 128);
+
+/// Reads the backup in `src` (the store's reader: its failures are told as the store's).
 pub fn read(
     src: Box<dyn Read + Send>,
     passphrase: &Secret,
     visitor: &mut (dyn Visitor + Send),
     progress: &dyn ProgressSink,
 ) -> Result<ReadSummary, ArchiveError> {
+    let src: Box<dyn Read + Send> = Box::new(Source(src));
     let counters = Counters::default();
     let (tx, rx) = pipe(PIPE_CHUNK, PIPE_DEPTH);
     let (decrypted, unpacked) = stages::run(
@@ -132,7 +149,7 @@ fn unpack_stage<R: BufRead>(
     visitor: &mut (dyn Visitor + Send),
     counters: &Counters,
 ) -> Result<ReadSummary, ArchiveError> {
-    let head = input.fill_buf().map_err(pipe_read)?;
+    let head = input.fill_buf().map_err(damaged)?;
     if head.is_empty() {
         return Err(ArchiveError::Damaged("the backup is empty".into()));
     }
@@ -142,14 +159,18 @@ fn unpack_stage<R: BufRead>(
     } else {
         Box::new(input)
     };
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(TarGuard::new(stream));
     let mut check = ManifestCheck::default();
     let mut summary = ReadSummary::default();
     for (index, entry) in archive.entries().map_err(damaged)?.enumerate() {
         let mut entry = entry.map_err(damaged)?;
         let name = checked_name(&entry.path_bytes())?;
         if let Some(part) = manifest::classify(&name) {
-            let body = read_small(&mut entry, &name)?;
+            let cap = match part {
+                ManifestPart::Header => MAX_HEADER_PART,
+                ManifestPart::Files | ManifestPart::Summary => MAX_FILES_PART,
+            };
+            let body = read_small(&mut entry, &name, cap)?;
             match part {
                 ManifestPart::Header if index == 0 => {
                     let header: Header = parse(&name, &body)?;
@@ -188,6 +209,15 @@ fn unpack_stage<R: BufRead>(
         let uid = header.uid().map_err(damaged)?;
         let gid = header.gid().map_err(damaged)?;
         let mtime = header.mtime().map_err(damaged)?;
+        // an owner is a 32-bit id on Linux; a time past the year 9999 is no time a file has
+        if u32::try_from(uid).is_err() || u32::try_from(gid).is_err() {
+            return Err(ArchiveError::Damaged(format!(
+                "{} has an owner ({uid}:{gid}) that is not a 32-bit id",
+                shown(name.as_bytes())
+            )));
+        }
+        mtime_of(mtime)
+            .map_err(|e| ArchiveError::Damaged(format!("{}: {}", shown(name.as_bytes()), inner_text(&e))))?;
         let size = entry.size();
         let is_file = kind == EntryKind::File;
         let mut data = Hashing::new(&mut entry);
@@ -229,6 +259,15 @@ fn unpack_stage<R: BufRead>(
 /// An entry name as a relative path free of `..`: absolute names and escapes are refused outright,
 /// a leading `./` (as `tar -C / .` writes) is dropped.
 pub fn checked_name(raw: &[u8]) -> Result<String, ArchiveError> {
+    if raw.len() > MAX_NAME {
+        return Err(ArchiveError::hostile(
+            &shown(raw),
+            format!(
+                "a name of {} bytes, longer than the {MAX_NAME} a restore takes",
+                raw.len()
+            ),
+        ));
+    }
     let name = String::from_utf8_lossy(raw);
     if name.starts_with('/') {
         return Err(ArchiveError::hostile(&name, "an absolute name"));
@@ -250,29 +289,38 @@ pub fn checked_name(raw: &[u8]) -> Result<String, ArchiveError> {
     Ok(parts.join("/"))
 }
 
-fn read_small(entry: &mut impl Read, name: &str) -> Result<Vec<u8>, ArchiveError> {
-    let mut body = Vec::new();
+/// A manifest entry's body, refused unread if its header says it is over `cap` bytes.
+fn read_small(entry: &mut tar::Entry<'_, impl Read>, name: &str, cap: u64) -> Result<Vec<u8>, ArchiveError> {
+    let size = entry.size();
+    if size > cap {
+        return Err(ArchiveError::Damaged(format!(
+            "{name} is {size} bytes; a manifest entry is at most {cap}"
+        )));
+    }
+    let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     entry
-        .take(64 << 20)
+        .take(cap)
         .read_to_end(&mut body)
         .map_err(|e| ArchiveError::read(name, e))?;
     Ok(body)
+}
+
+/// What a `Damaged` error says, without its prefix.
+fn inner_text(e: &ArchiveError) -> String {
+    match e {
+        ArchiveError::Damaged(t) => t.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, ArchiveError> {
     serde_json::from_slice(body).map_err(|e| ArchiveError::Manifest(format!("{name}: {e}")))
 }
 
+/// A failure of the stream below the tar reader: the guard's refusal, the decrypting stage that
+/// stopped (its own error is the one told), or a damaged object.
 fn damaged(e: io::Error) -> ArchiveError {
-    pipe_read(e)
-}
-
-fn pipe_read(e: io::Error) -> ArchiveError {
-    if e.to_string().contains("stage of the pipeline") {
-        ArchiveError::io("reading the decrypted stream", e)
-    } else {
-        ArchiveError::Damaged(e.to_string())
-    }
+    cause::classify(e, None)
 }
 
 /// Compares each file with the manifest chunk that follows it; holds at most one chunk of files.

@@ -1,10 +1,10 @@
 //! Running a pipeline's two stages on their own threads while the calling thread reports progress
 //! (so progress sinks never need to be thread-safe), and telling which stage's error came first.
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::cause::{is_pipe_error, panic_text};
 use super::ArchiveError;
 use crate::progress::{Progress, ProgressSink};
 
@@ -30,7 +30,7 @@ impl Counters {
     }
 }
 
-/// Runs both stages to their end and returns both results; a panic becomes an error.
+/// Runs both stages to their end and returns both results; a panic becomes an internal error.
 pub(super) fn run<A: Send, B: Send>(
     phase: &'static str,
     counters: &Counters,
@@ -52,12 +52,18 @@ pub(super) fn run<A: Send, B: Send>(
                 ..Default::default()
             });
         }
-        let panicked = || ArchiveError::Refused(format!("a pipeline thread panicked while {phase}"));
         (
-            a.join().unwrap_or_else(|_| Err(panicked())),
-            b.join().unwrap_or_else(|_| Err(panicked())),
+            a.join().unwrap_or_else(|p| panicked(phase, p)),
+            b.join().unwrap_or_else(|p| panicked(phase, p)),
         )
     })
+}
+
+fn panicked<T>(phase: &str, payload: Box<dyn std::any::Any + Send>) -> Result<T, ArchiveError> {
+    Err(ArchiveError::Internal(format!(
+        "a pipeline thread panicked while {phase}: {}",
+        panic_text(payload.as_ref())
+    )))
 }
 
 /// Of two stages' errors, the one that caused the other: a stage that only saw its neighbour stop
@@ -70,11 +76,34 @@ pub(super) fn first_cause(a: Result<(), ArchiveError>, b: Result<(), ArchiveErro
     }
 }
 
-fn is_pipe_error(e: &ArchiveError) -> bool {
-    let io = match e {
-        ArchiveError::Io { source, .. } => source,
-        _ => return false,
-    };
-    matches!(io.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)
-        && io.to_string().contains("stage of the pipeline")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Quiet;
+
+    #[test]
+    fn a_panicking_stage_is_an_internal_error_and_its_neighbours_pipe_error_is_not_told() {
+        let counters = Counters::default();
+        let (tx, mut rx) = super::super::pipe::pipe(16, 2);
+        let (a, b) = run(
+            "testing",
+            &counters,
+            &Quiet,
+            move || -> Result<(), ArchiveError> {
+                let _tx = tx;
+                panic!("boom")
+            },
+            move || {
+                let mut sink = Vec::new();
+                std::io::Read::read_to_end(&mut rx, &mut sink)
+                    .map(drop)
+                    .map_err(|e| ArchiveError::io("reading", e))
+            },
+        );
+        let e = first_cause(a, b).unwrap_err();
+        assert!(
+            matches!(&e, ArchiveError::Internal(t) if t.contains("testing") && t.contains("boom")),
+            "{e}"
+        );
+    }
 }

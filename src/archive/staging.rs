@@ -19,6 +19,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use rustix::fs::FileType;
 
@@ -28,7 +29,7 @@ use super::manifest::FileRecord;
 use super::handle::DirHandle;
 use super::rules::{self, HardLinks, Layout, Role};
 use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
-use super::{ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
+use super::{mtime_of, ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
 use crate::backup_id::BackupId;
 use crate::synapse::{sqlite, Database, SynapseConfig};
 
@@ -44,7 +45,7 @@ struct DirMeta {
     /// below the role's staged root
     rel: PathBuf,
     mode: u32,
-    mtime: Option<u64>,
+    mtime: Option<SystemTime>,
     owner: Owner,
 }
 
@@ -92,8 +93,9 @@ pub struct Stager {
     inherited: Option<Spill>,
 }
 
+/// A failure writing what is staged (nothing live is touched while staging; a full disk says so).
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
-    move |e| ArchiveError::write(path, e)
+    move |e| ArchiveError::stage(path, e)
 }
 
 impl Stager {
@@ -214,7 +216,7 @@ impl Stager {
         // left by a crashed restore (one a journal still needs was kept by `recover::before`)
         live.remove_tree(&name).map_err(write_err(&path))?;
         rustix::fs::mkdirat(live.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
-            .map_err(|e| ArchiveError::write(&path, e.into()))?;
+            .map_err(|e| ArchiveError::stage(&path, e.into()))?;
         let dir = live.child(&name).map_err(write_err(&path))?;
         check_ours(&dir)?;
         self.staging.insert(parent.clone(), Staging { live, dir });
@@ -243,7 +245,7 @@ impl Stager {
             let root = if role.is_media() {
                 let path = staging.dir.join(&name);
                 rustix::fs::mkdirat(staging.dir.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
-                    .map_err(|e| ArchiveError::write(&path, e.into()))?;
+                    .map_err(|e| ArchiveError::stage(&path, e.into()))?;
                 // mode and times from the backup's entry, if it has one (see `finish`)
                 self.dirs.push(DirMeta {
                     role,
@@ -369,7 +371,7 @@ impl Stager {
         let path = dir.join(name);
         let file = dir.create_file(name, 0o600).map_err(write_err(&path))?;
         let meta = FileMeta {
-            mtime: e.mtime,
+            mtime: mtime_of(e.mtime)?,
             owner,
             // its owner must be able to read and write it (Synapse opens its database read-write)
             mode: (e.mode & 0o777) | 0o600,
@@ -400,7 +402,7 @@ impl Stager {
                 role,
                 rel: PathBuf::new(),
                 mode: e.mode,
-                mtime: Some(e.mtime),
+                mtime: Some(mtime_of(e.mtime)?),
                 owner,
             });
             return Ok(());
@@ -412,7 +414,7 @@ impl Stager {
                 role,
                 rel: rel.to_path_buf(),
                 mode: e.mode,
-                mtime: Some(e.mtime),
+                mtime: Some(mtime_of(e.mtime)?),
                 owner,
             });
             return Ok(());
@@ -661,7 +663,8 @@ fn on_staged_db<T: Send>(
     f: fn(&Path) -> Result<T, sqlite::SqliteError>,
 ) -> Result<T, ArchiveError> {
     dir.confined(|root| f(&root.join(name)))
-        .map_err(|e| ArchiveError::io("checking the restored database", e))?
+        // `confined` fails only when its thread panicked: a bug, not the data's fault
+        .map_err(|e| ArchiveError::Internal(format!("checking the restored database: {e}")))?
         .map_err(|e| {
             ArchiveError::Sqlite(sqlite::SqliteError {
                 path: dir.join(name),

@@ -75,6 +75,8 @@ pub struct Body<R> {
     /// Octets left in the current chunk (unused when indeterminate).
     left: u64,
     length: Length,
+    /// The message's last packet: anything after it is an error, found when the body ends.
+    last: bool,
 }
 
 impl<R: Read> Body<R> {
@@ -83,7 +85,20 @@ impl<R: Read> Body<R> {
             Length::Definite(n) | Length::Partial(n) => n,
             Length::Indeterminate => 0,
         };
-        Body { src, left, length }
+        Body {
+            src,
+            left,
+            length,
+            last: false,
+        }
+    }
+
+    /// The body of the message's last packet: its end is an error unless the input ends there too.
+    pub fn last(src: R, length: Length) -> Self {
+        Body {
+            last: true,
+            ..Body::new(src, length)
+        }
     }
 
     /// Reads and discards the rest of the body, returning the input after it.
@@ -106,6 +121,16 @@ impl<R: Read> Read for Body<R> {
                         Length::Definite(n) | Length::Partial(n) => n,
                         Length::Indeterminate => 0,
                     };
+                }
+                _ if self.last => {
+                    let mut probe = [0u8; 1];
+                    if read_full(&mut self.src, &mut probe)? > 0 {
+                        return Err(invalid(
+                            "there is data after the encrypted packet: the object was modified or damaged",
+                        ));
+                    }
+                    self.last = false;
+                    return Ok(0);
                 }
                 _ => return Ok(0),
             }
@@ -170,6 +195,27 @@ mod tests {
         assert_eq!(body(&[0x8D, 0, 1, 6]).unwrap(), [6]);
         assert_eq!(body(&[0x8E, 0, 0, 0, 1, 6]).unwrap(), [6]);
         assert_eq!(body(&[0xA3, 1, 2, 3, 4]).unwrap(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn data_after_the_last_packet_is_an_error() {
+        let last = |bytes: &[u8]| {
+            let mut src = bytes;
+            let (_, length, _) = header(&mut src).unwrap().unwrap();
+            let mut out = Vec::new();
+            Body::last(src, length).read_to_end(&mut out).map(|_| out)
+        };
+        assert_eq!(last(&[0xCB, 2, 1, 2]).unwrap(), [1, 2]);
+        assert_eq!(
+            last(&[0xCB, 2, 1, 2, 0]).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut partial = vec![0xD2, 0xE9];
+        partial.extend(vec![1u8; 512]);
+        partial.extend([0x01, 2, 9]);
+        assert_eq!(last(&partial).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        partial.pop();
+        assert_eq!(last(&partial).unwrap().len(), 513);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What each fuzz target does with its input. The cargo-fuzz targets (`fuzz/fuzz_targets/`) call
+//! What each fuzz target does with its input. The cargo-fuzz targets (`fuzz/targets/fuzz_targets/`) call
 //! these with libFuzzer's bytes; `tests/regressions.rs` calls them with every committed seed and
 //! every input a fuzzer once found, so a fixed finding stays fixed in the normal test run.
 //!
