@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::backup_id::BackupId;
+use crate::commands::create::Choice;
 use crate::commands::recover::{self, Recover};
 use crate::commands::{self, Create, Policy, PruneReport, Restore, Verify};
-use crate::commands::create::Choice;
 use crate::commands::{leftovers, owner};
 use crate::error::Error;
 use crate::progress::{Progress, ProgressSink, Throttled};

@@ -588,7 +588,11 @@ fn create_backup_makes_differentials_on_the_newest_full() {
     assert_eq!(listed.result(&format!("backups.{diff}.base")), Some(full.as_str()));
 
     let refused = juju.action("delete-backup", json!({"backup-id": full}));
-    assert!(refused.failure().unwrap_or_default().contains(&diff), "{:?}", refused.failure());
+    assert!(
+        refused.failure().unwrap_or_default().contains(&diff),
+        "{:?}",
+        refused.failure()
+    );
 
     let third = juju.action("create-backup", json!({"type": "full"}));
     assert_eq!(third.result("type"), Some("full"));

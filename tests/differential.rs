@@ -68,7 +68,10 @@ fn a_differential_carries_what_changed_and_restores_the_whole_tree() {
     assert_eq!(full["type"], "full");
     assert!(full["base"].is_null());
     let full_id = full["backup-id"].as_str().unwrap().to_string();
-    assert!(store.join(format!(".{full_id}.index")).is_file(), "a full leaves its index");
+    assert!(
+        store.join(format!(".{full_id}.index")).is_file(),
+        "a full leaves its index"
+    );
 
     let added = change_the_server(&data);
     let after = backed_up_state(&data);
@@ -79,29 +82,56 @@ fn a_differential_carries_what_changed_and_restores_the_whole_tree() {
     // the key, the database and the three new uploads; everything else is the full's
     assert_eq!(diff["files"], 2 + added.len() as u64, "{diff}");
     // every media file of the full but the deleted thumbnail
-    assert_eq!(diff["inherited"].as_u64().unwrap(), full["files"].as_u64().unwrap() - 2 - 1, "{diff}");
+    assert_eq!(
+        diff["inherited"].as_u64().unwrap(),
+        full["files"].as_u64().unwrap() - 2 - 1,
+        "{diff}"
+    );
     let (full_size, diff_size) = (full["size"].as_u64().unwrap(), diff["size"].as_u64().unwrap());
-    assert!(diff_size * 3 < full_size, "differential {diff_size} bytes, full {full_size}");
+    assert!(
+        diff_size * 3 < full_size,
+        "differential {diff_size} bytes, full {full_size}"
+    );
 
     let listed = json(&cli(&config, &store, &["--json", "list"]));
     let kinds: Vec<(String, String)> = listed["backups"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["type"].as_str().unwrap().to_string(), b["base"].as_str().unwrap_or("-").to_string()))
+        .map(|b| {
+            (
+                b["type"].as_str().unwrap().to_string(),
+                b["base"].as_str().unwrap_or("-").to_string(),
+            )
+        })
         .collect();
-    assert_eq!(kinds, [("full".into(), "-".into()), ("differential".into(), full_id.clone())]);
+    assert_eq!(
+        kinds,
+        [("full".into(), "-".into()), ("differential".into(), full_id.clone())]
+    );
     let table = cli(&config, &store, &["list"]);
-    assert!(table.stdout.contains("differential") && table.stdout.contains(&full_id), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("differential") && table.stdout.contains(&full_id),
+        "{}",
+        table.stdout
+    );
 
     let verified = cli(&config, &store, &["verify", &diff_id]);
     assert!(verified.ok, "{}", verified.stderr);
-    assert!(verified.stdout.contains(&format!("full backup {full_id}")), "{}", verified.stdout);
+    assert!(
+        verified.stdout.contains(&format!("full backup {full_id}")),
+        "{}",
+        verified.stdout
+    );
 
     lose_all_but_config(&data);
     let restored = cli(&config, &store, &["restore", &diff_id]);
     assert!(restored.ok, "{}", restored.stderr);
-    assert!(restored.stderr.contains("came from its full backup"), "{}", restored.stderr);
+    assert!(
+        restored.stderr.contains("came from its full backup"),
+        "{}",
+        restored.stderr
+    );
     commit_restore(&config);
     // byte-identical to the server at the differential: new uploads in, the deleted thumbnail out
     assert_eq!(backed_up_state(&data), after);
@@ -130,7 +160,11 @@ fn a_differential_with_nothing_to_build_on_is_a_full_that_says_why() {
     assert_eq!(third["type"], "differential");
     assert_eq!(third["base"], json(&second)["backup-id"]);
     // auto with fulls due every 0 days: a full
-    let fourth = cli(&config, &store, &["--json", "create", "--type", "auto", "--full-every-days", "0"]);
+    let fourth = cli(
+        &config,
+        &store,
+        &["--json", "create", "--type", "auto", "--full-every-days", "0"],
+    );
     assert_eq!(json(&fourth)["type"], "full");
 }
 
@@ -154,7 +188,8 @@ fn a_differential_whose_full_is_gone_fails_clearly_and_changes_nothing() {
     let run = cli(&config, &store, &["restore", &diff_id]);
     assert!(!run.ok);
     assert!(
-        run.stderr.contains(&format!("its full backup {full_id} is not in the store")),
+        run.stderr
+            .contains(&format!("its full backup {full_id} is not in the store")),
         "{}",
         run.stderr
     );
@@ -176,7 +211,10 @@ fn retention_and_delete_never_break_a_differential() {
     let pruned = json(&cli(&config, &store, &["--json", "prune", "--keep-last", "1"]));
     assert_eq!(pruned["pruned"], serde_json::json!([old_full]), "{pruned}");
     assert_eq!(backup_names(&store), [full.clone(), diff.clone()]);
-    assert!(!store.join(format!(".{old_full}.index")).exists(), "a pruned full's index goes with it");
+    assert!(
+        !store.join(format!(".{old_full}.index")).exists(),
+        "a pruned full's index goes with it"
+    );
 
     let refused = cli(&config, &store, &["delete", &full]);
     assert!(!refused.ok);
@@ -222,7 +260,11 @@ fn stock_gpg_and_tar_restore_a_differential() {
     }
     let extracted = out.join(data.strip_prefix("/").unwrap());
     for path in &added {
-        assert_eq!(fs::read(extracted.join(path)).unwrap(), fs::read(data.join(path)).unwrap(), "{path}");
+        assert_eq!(
+            fs::read(extracted.join(path)).unwrap(),
+            fs::read(data.join(path)).unwrap(),
+            "{path}"
+        );
     }
     assert_eq!(
         sqlite_dump(&extracted.join("homeserver.db")),
@@ -241,7 +283,16 @@ fn a_differential_round_trips_through_s3() {
         Command::new(bin())
             .arg("--synapse-config")
             .arg(&config)
-            .args(["--bucket", "backups", "--endpoint", &server.endpoint(), "--s3-uri-style", "path", "--path", "synapse"])
+            .args([
+                "--bucket",
+                "backups",
+                "--endpoint",
+                &server.endpoint(),
+                "--s3-uri-style",
+                "path",
+                "--path",
+                "synapse",
+            ])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", &server.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
@@ -260,7 +311,11 @@ fn a_differential_round_trips_through_s3() {
     assert_eq!(diff["type"], "differential");
     assert_eq!(diff["base"], full["backup-id"]);
     let listed = json(&s3(&["--json", "list"]));
-    assert_eq!(listed["backups"].as_array().unwrap().len(), 2, "the index is not a backup: {listed}");
+    assert_eq!(
+        listed["backups"].as_array().unwrap().len(),
+        2,
+        "the index is not a backup: {listed}"
+    );
     assert_eq!(listed["backups"][1]["base"], full["backup-id"]);
     let diff_id = diff["backup-id"].as_str().unwrap();
     let verified = s3(&["verify", diff_id]);

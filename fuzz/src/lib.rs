@@ -141,9 +141,13 @@ fn walk(dir: &Path, skip: &Path, seen: &mut BTreeMap<PathBuf, String>) {
         if path == skip {
             continue;
         }
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         let content = if meta.is_file() {
-            fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+            fs::read(&path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
         } else {
             String::new()
         };

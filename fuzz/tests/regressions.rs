@@ -8,7 +8,9 @@ fn replay(target: &str, run: fn(&[u8])) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut replayed = 0;
     for dir in ["seeds", "regressions"] {
-        let Ok(entries) = fs::read_dir(fuzz.join(dir).join(target)) else { continue };
+        let Ok(entries) = fs::read_dir(fuzz.join(dir).join(target)) else {
+            continue;
+        };
         let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
         for path in paths {

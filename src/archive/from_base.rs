@@ -46,7 +46,9 @@ impl Spill {
         };
         if let Some((lm, lp)) = &self.last {
             if walk_order((*lm, lp), (m, &rest)) != Ordering::Less {
-                return Err(ArchiveError::Manifest(format!("the base's files are out of order at {path}")));
+                return Err(ArchiveError::Manifest(format!(
+                    "the base's files are out of order at {path}"
+                )));
             }
         }
         let err = |e: io::Error| ArchiveError::io("keeping the differential's file list", e);

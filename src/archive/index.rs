@@ -96,7 +96,10 @@ impl IndexWriter {
     pub fn push(&mut self, rec: &IndexRecord) -> Result<(), ArchiveError> {
         if let Some((m, p)) = &self.last {
             if walk_order((*m, p), (rec.m, &rec.p)) != Ordering::Less {
-                return Err(ArchiveError::Refused(format!("the index is out of order at {}", rec.p)));
+                return Err(ArchiveError::Internal(format!(
+                    "the index is out of order at {}",
+                    rec.p
+                )));
             }
         }
         self.last = Some((rec.m, rec.p.clone()));

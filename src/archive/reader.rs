@@ -110,10 +110,7 @@ pub fn read(
 
 /// [`read`] over an already decrypted stream (gzip'd or plain tar): what the fuzz targets and
 /// their regression tests drive, so every byte reaches the unpacking rules without an S2K.
-pub fn read_plain(
-    src: impl BufRead,
-    visitor: &mut (dyn Visitor + Send),
-) -> Result<ReadSummary, ArchiveError> {
+pub fn read_plain(src: impl BufRead, visitor: &mut (dyn Visitor + Send)) -> Result<ReadSummary, ArchiveError> {
     unpack_stage(src, visitor, &Counters::default())
 }
 

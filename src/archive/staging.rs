@@ -25,11 +25,11 @@ use rustix::fs::FileType;
 
 use super::file_writer::{FileMeta, FileWriter};
 use super::from_base::{FromBase, Spill};
-use super::manifest::FileRecord;
 use super::handle::DirHandle;
+use super::manifest::FileRecord;
 use super::rules::{self, HardLinks, Layout, Role};
 use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
-use super::{mtime_of, ArchiveError, Entry, EntryKind, Header, Visitor, FORMAT, MEDIA_DIRS};
+use super::{mtime_of, ArchiveError, Entry, EntryKind, Header, Visitor, MEDIA_DIRS};
 use crate::backup_id::BackupId;
 use crate::synapse::{sqlite, Database, SynapseConfig};
 
@@ -104,7 +104,7 @@ impl Stager {
             cfg: cfg.clone(),
             id: id.clone(),
             force,
-            layout: foreign_layout(cfg),
+            layout: Layout::foreign_for(cfg),
             entries: 0,
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
@@ -385,7 +385,7 @@ impl Stager {
         match dir.stat(name).map_err(write_err(&dir.join(name)))? {
             None => Ok(()),
             Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                Err(ArchiveError::hostile(entry, "a file or link over a directory"))
+                Err(ArchiveError::hostile(entry, rules::OVER_A_DIRECTORY))
             }
             Some(_) => {
                 self.links.replaced(entry);
@@ -488,11 +488,8 @@ impl Stager {
 
 impl Visitor for Stager {
     fn header(&mut self, h: &Header) -> Result<(), ArchiveError> {
-        if h.format > FORMAT {
-            return Err(ArchiveError::Refused(format!(
-                "the backup was made by a newer synapse-backup ({}, format {}); upgrade to restore it",
-                h.tool, h.format
-            )));
+        if let Some(refusal) = rules::header_refusal(h) {
+            return Err(refusal);
         }
         check_server_name(&self.id, &h.server_name, &self.cfg.server_name, self.force)?;
         if h.database == "sqlite3" && self.cfg.database == Database::Postgres {
@@ -522,7 +519,7 @@ impl Visitor for Stager {
         self.entries += 1;
         let Some((role, rest)) = self.layout.classify(e.name) else {
             if self.layout.strict() {
-                return Err(ArchiveError::hostile(e.name, "not a path this Synapse's config allows"));
+                return Err(ArchiveError::hostile(e.name, rules::NOT_ALLOWED));
             }
             tracing::warn!("skipped {}: not a signing key, database or local media", e.name);
             return Ok(());
@@ -676,21 +673,9 @@ fn on_staged_db<T: Send>(
 /// An entry that would be written through a link or over a file.
 fn through_link(entry: &str, e: io::Error) -> ArchiveError {
     match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENOTDIR | libc::EEXIST) => {
-            ArchiveError::hostile(entry, "it would be written through a link or over a file")
-        }
+        Some(libc::ELOOP | libc::ENOTDIR | libc::EEXIST) => ArchiveError::hostile(entry, rules::THROUGH_A_LINK),
         _ => ArchiveError::io(format!("cannot stage {entry}"), e),
     }
-}
-
-/// The layout of an archive without a manifest, for this server's file names.
-fn foreign_layout(cfg: &SynapseConfig) -> Layout {
-    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-    let db = match &cfg.database {
-        Database::Sqlite(p) => name(p),
-        Database::Postgres => "homeserver.db".into(),
-    };
-    Layout::foreign(&name(&cfg.signing_key_path), &db)
 }
 
 /// A backup of another server would change this server's identity: refused unless forced.

@@ -347,7 +347,13 @@ impl<'a> Producer<'a> {
 
     /// A media file: listed as the differential's base's when it is unchanged since, archived
     /// (and indexed, for a full) otherwise. `key`: its media directory and path below it.
-    fn media_file(&mut self, path: &Path, name: &str, key: (usize, &str), md: &fs::Metadata) -> Result<(), ArchiveError> {
+    fn media_file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        key: (usize, &str),
+        md: &fs::Metadata,
+    ) -> Result<(), ArchiveError> {
         if let Delta::Base(base) = &mut self.delta {
             let settled = base.header.started_ns - SETTLED_NS;
             if let Some(rec) = base.find(key)? {

@@ -309,7 +309,10 @@ fn verify(tools: &HookTools, state: &CharmState, params: &Map<String, Value>) ->
         kv("backup-id", &report.id),
         kv("files", report.files),
         kv("bytes", report.bytes),
-        kv("base", report.base.as_ref().map_or("none".to_string(), ToString::to_string)),
+        kv(
+            "base",
+            report.base.as_ref().map_or("none".to_string(), ToString::to_string),
+        ),
         kv("result", "correct"),
     ]))
 }

@@ -43,7 +43,9 @@ pub enum Choice {
     /// A differential on the newest full of this server (a full when there is none to build on).
     Differential,
     /// A differential while the newest full is younger than this, else a full.
-    Auto { full_every: Duration },
+    Auto {
+        full_every: Duration,
+    },
 }
 
 impl std::str::FromStr for Choice {
@@ -57,7 +59,9 @@ impl std::str::FromStr for Choice {
             "auto" => Ok(Choice::Auto {
                 full_every: DEFAULT_FULL_EVERY,
             }),
-            other => Err(format!("unknown backup type {other:?}: give full, differential or auto")),
+            other => Err(format!(
+                "unknown backup type {other:?}: give full, differential or auto"
+            )),
         }
     }
 }
@@ -238,7 +242,10 @@ impl Create<'_> {
             Err(e) => return fallback(notes, format!("the store's backups could not be listed ({e})")),
         };
         let Some(full) = newest_full(&list, &self.synapse.server_name) else {
-            return fallback(notes, "this server has no full backup in the store to build a differential on".into());
+            return fallback(
+                notes,
+                "this server has no full backup in the store to build a differential on".into(),
+            );
         };
         if let Some(full_every) = full_every {
             let made = full.id.timestamp().map(std::time::SystemTime::from);
@@ -257,7 +264,10 @@ impl Create<'_> {
             Ok(None) => {
                 return fallback(
                     notes,
-                    format!("the newest full backup ({}) has no index (it was made by an older tool)", full.id),
+                    format!(
+                        "the newest full backup ({}) has no index (it was made by an older tool)",
+                        full.id
+                    ),
                 )
             }
             Err(e) => return fallback(notes, format!("the index of {} could not be read ({e})", full.id)),
@@ -300,7 +310,9 @@ impl Create<'_> {
         match opened {
             Ok(w) => Some(w),
             Err(e) => {
-                notes.push(format!("no index was kept ({e}): a differential cannot build on this backup"));
+                notes.push(format!(
+                    "no index was kept ({e}): a differential cannot build on this backup"
+                ));
                 None
             }
         }

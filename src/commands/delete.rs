@@ -33,9 +33,11 @@ pub fn run(store: &dyn ObjectStore, id: &BackupId, server_name: Option<&str>, fo
         }
     }
     if !force && !info.meta.is_differential() {
-        let list = store
-            .list()
-            .map_err(|e| Error::Refused(format!("cannot list the backups to see whether differentials need {id}, so it was not deleted: {e}")))?;
+        let list = store.list().map_err(|e| {
+            Error::Refused(format!(
+                "cannot list the backups to see whether differentials need {id}, so it was not deleted: {e}"
+            ))
+        })?;
         let dependents: Vec<String> = list
             .iter()
             .filter(|b| b.meta.is_differential() && b.meta.base.as_deref() == Some(id.as_str()))

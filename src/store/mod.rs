@@ -125,7 +125,10 @@ pub trait ObjectStore: Send + Sync {
 
     /// Stores a full backup's index (visible once the upload finishes, like a backup).
     fn put_index(&self, id: &BackupId) -> Result<Box<dyn Upload>, StoreError> {
-        Err(StoreError::Unsupported(format!("{} keeps no index of {id}", self.location())))
+        Err(StoreError::Unsupported(format!(
+            "{} keeps no index of {id}",
+            self.location()
+        )))
     }
 
     /// A full backup's index; `None` when it has none.
