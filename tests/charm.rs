@@ -802,15 +802,23 @@ fn retention_after_create_and_a_restore_that_cannot_start_synapse() {
     let tmp = tempfile::tempdir().unwrap();
     let (juju, data) = ready_unit(&server, tmp.path());
     juju.config("backup_keep_last", json!(1));
-    let first = juju.action("create-backup", json!({}));
+    // fulls: a differential would keep its full (see differential.rs)
+    let first = juju.action("create-backup", json!({"type": "full"}));
     first.assert_ok();
     assert_eq!(first.result("pruned"), Some("none"));
     let first_id = first.result("backup-id").unwrap().to_string();
-    let second = juju.action("create-backup", json!({}));
+    let second = juju.action("create-backup", json!({"type": "full"}));
     second.assert_ok();
     assert_eq!(second.result("pruned"), Some(first_id.as_str()));
     let second_id = second.result("backup-id").unwrap().to_string();
-    assert_eq!(server.keys(BUCKET), vec![format!("synapse/prod/{second_id}")]);
+    // the pruned full's index went with it
+    assert_eq!(
+        server.keys(BUCKET),
+        vec![
+            format!("synapse/prod/{second_id}"),
+            format!("synapse/prod/{second_id}.index")
+        ]
+    );
     let listed = juju.action("list-backups", json!({}));
     assert_eq!(listed.result("retention"), Some("keep the newest 1"));
 
@@ -970,18 +978,18 @@ fn two_servers_on_one_bucket_path_never_lose_each_others_backups() {
     let b = unit_for(&server, tmp.path(), "b.example", 2);
     let a_ids: Vec<String> = (0..3)
         .map(|_| {
-            let run = a.action("create-backup", json!({}));
+            let run = a.action("create-backup", json!({"type": "full"}));
             run.assert_ok();
             run.result("backup-id").unwrap().to_string()
         })
         .collect();
-    let created = b.action("create-backup", json!({}));
+    let created = b.action("create-backup", json!({"type": "full"}));
     created.assert_ok();
     assert_eq!(created.result("pruned"), Some("none"));
     let b1 = created.result("backup-id").unwrap().to_string();
     let mut want: Vec<String> = [&a_ids[1], &a_ids[2], &b1]
         .iter()
-        .map(|id| format!("synapse/prod/{id}"))
+        .flat_map(|id| [format!("synapse/prod/{id}"), format!("synapse/prod/{id}.index")])
         .collect();
     want.sort();
     let mut keys = server.keys(BUCKET);

@@ -381,7 +381,11 @@ fn the_cli_creates_lists_verifies_restores_and_deletes_in_a_bucket() {
             report["size"].as_u64().unwrap() > 8 << 20,
             "a multi-part backup: {report}"
         );
-        assert_eq!(server.keys(BUCKET), vec![format!("synapse/{id}")]);
+        // the backup, and beside it the index a differential builds on
+        assert_eq!(
+            server.keys(BUCKET),
+            vec![format!("synapse/{id}"), format!("synapse/{id}.index")]
+        );
 
         let listed = s3_cli(&server, "synapse", &config, &["list"]);
         assert!(

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut replayed = 0;
     for dir in ["seeds", "regressions"] {
         let Ok(entries) = fs::read_dir(fuzz.join(dir).join(target)) else {

@@ -1,6 +1,8 @@
 //! A full backup's index: what a later differential needs to know of it, kept in the store beside
 //! it (`<backup-id>.index`, never listed as a backup), so a differential is made without
-//! downloading the full, from any machine.
+//! downloading the full, from any machine. It is written, encrypted, to an unnamed temporary file
+//! while the full walks the tree and stored only once the full is: a killed create leaves no
+//! index without its backup, and no second upload to clean up.
 //!
 //! One JSON line for the index's header, then one per media file the full carries, in the order
 //! the backup walked them (see [`walk_order`]): its media directory, its path below it, size,
@@ -10,7 +12,8 @@
 //! sorted streams.
 
 use std::cmp::Ordering;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 
 use flate2::read::MultiGzDecoder;
@@ -19,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::reader::SyncRead;
 use super::{crypto, ArchiveError};
+use crate::backup_id::BackupId;
 use crate::secret::Secret;
-use crate::store::Upload;
+use crate::store::{ObjectStore, StoreError};
 
 /// The longest line an index may hold (a record with a 4096-byte path is far below it).
 const MAX_LINE: u64 = 64 << 10;
@@ -78,13 +82,14 @@ pub fn walk_order(a: (usize, &str), b: (usize, &str)) -> Ordering {
 
 /// Writes a full's index as its backup walks the tree.
 pub struct IndexWriter {
-    out: GzEncoder<crypto::Encrypting<Box<dyn Upload>>>,
+    out: GzEncoder<crypto::Encrypting<BufWriter<File>>>,
     last: Option<(usize, String)>,
 }
 
 impl IndexWriter {
-    pub fn new(upload: Box<dyn Upload>, passphrase: &Secret, header: &IndexHeader) -> Result<Self, ArchiveError> {
-        let encrypted = crypto::encrypt(upload, passphrase)?;
+    pub fn new(passphrase: &Secret, header: &IndexHeader) -> Result<Self, ArchiveError> {
+        let file = tempfile::tempfile().map_err(|e| ArchiveError::io("making the backup's index", e))?;
+        let encrypted = crypto::encrypt(BufWriter::new(file), passphrase)?;
         let mut w = IndexWriter {
             out: GzEncoder::new(encrypted, flate2::Compression::fast()),
             last: None,
@@ -112,13 +117,16 @@ impl IndexWriter {
         self.out.write_all(b"\n").map_err(err)
     }
 
-    /// Makes the index visible in the store; the bytes stored.
-    pub fn finish(self) -> Result<u64, ArchiveError> {
+    /// Stores the index beside backup `id` (made by now); the bytes stored.
+    pub fn store(self, store: &dyn ObjectStore, id: &BackupId) -> Result<u64, ArchiveError> {
         let err = |e: io::Error| ArchiveError::io("writing the backup's index", e);
-        let upload = self.out.finish().map_err(err)?.finish().map_err(err)?;
-        upload
-            .finish()
-            .map_err(|e| ArchiveError::io("storing the backup's index", io::Error::other(e.to_string())))
+        let buffered = self.out.finish().map_err(err)?.finish().map_err(err)?;
+        let mut file = buffered.into_inner().map_err(|e| err(e.into_error()))?;
+        file.rewind().map_err(err)?;
+        let stored = |e: StoreError| ArchiveError::io("storing the backup's index", io::Error::other(e.to_string()));
+        let mut upload = store.put_index(id).map_err(stored)?;
+        io::copy(&mut file, &mut upload).map_err(err)?;
+        upload.finish().map_err(stored)
     }
 }
 

@@ -194,7 +194,7 @@ impl Create<'_> {
         drop(snapshot);
         let stored_bytes = upload.finish()?;
         if let Some(index) = index {
-            if let Err(e) = index.finish() {
+            if let Err(e) = index.store(self.store, &id) {
                 notes.push(format!(
                     "the backup's index could not be stored ({e}): a differential cannot build on this backup"
                 ));
@@ -290,8 +290,8 @@ impl Create<'_> {
         }
     }
 
-    /// The index a full leaves for later differentials; `None` (with a note) when the store will
-    /// not take one: the backup itself is made anyway.
+    /// The index a full leaves for later differentials; `None` (with a note) when it cannot be
+    /// made: the backup itself is made anyway.
     fn index_writer(&self, id: &BackupId, now: std::time::SystemTime, notes: &mut Vec<String>) -> Option<IndexWriter> {
         let started_ns = now
             .duration_since(std::time::UNIX_EPOCH)
@@ -302,12 +302,7 @@ impl Create<'_> {
             server_name: self.synapse.server_name.clone(),
             started_ns,
         };
-        let opened = self
-            .store
-            .put_index(id)
-            .map_err(|e| e.to_string())
-            .and_then(|upload| IndexWriter::new(upload, self.passphrase, &header).map_err(|e| e.to_string()));
-        match opened {
+        match IndexWriter::new(self.passphrase, &header) {
             Ok(w) => Some(w),
             Err(e) => {
                 notes.push(format!(
