@@ -131,18 +131,31 @@ impl Create<'_> {
         }
         let _lock = Lock::acquire(cfg, "create")?;
         let mut notes = recover::before(cfg, false)?;
-        let snapshot = match &cfg.database {
-            Database::Sqlite(path) => Some(sqlite::snapshot(path)?),
-            Database::Postgres => {
-                notes.push(POSTGRES_NOTE.to_string());
-                None
-            }
-        };
         let id = BackupId::now();
         let now = std::time::SystemTime::now();
         let created_at = rfc3339(now);
+        // the base's index is opened (an S2K, a download) while the database is snapshotted
+        let (snapshot, (mut base, base_notes)) = std::thread::scope(|s| {
+            let base = s.spawn(|| {
+                let mut notes = Vec::new();
+                (self.base(now, &mut notes), notes)
+            });
+            let snapshot = match &cfg.database {
+                Database::Sqlite(path) => sqlite::snapshot(path).map(Some),
+                Database::Postgres => Ok(None),
+            };
+            (
+                snapshot,
+                base.join()
+                    .unwrap_or_else(|_| (None, vec!["made a full backup: looking for its base failed".into()])),
+            )
+        });
+        let snapshot = snapshot?;
+        if cfg.database == Database::Postgres {
+            notes.push(POSTGRES_NOTE.to_string());
+        }
+        notes.extend(base_notes);
         let mut header = Header::new(cfg, &created_at);
-        let mut base = self.base(now, &mut notes);
         header.kind = if base.is_some() { Kind::Differential } else { Kind::Full };
         header.base = base.as_ref().map(|b| b.header.backup_id.clone());
         let mut sources = vec![Source::file(&cfg.signing_key_path)];
