@@ -3,14 +3,18 @@
 //! stream, so a change of level starts a new gzip member; `gzip -d`, `tar -xz` and flate2's
 //! `MultiGzDecoder` all read a series of members as one stream.
 //!
+//! Tar's own bytes (a 512-octet header per entry, the padding of each body to 512 octets, an entry
+//! per directory) deflate to a tenth even when the bodies do not: on a media store of small files
+//! they are most of the stream. So a switch must cost little: a member's header and trailer are
+//! 18 octets, and the deflate state (hundreds of KiB) is reset and reused, never made again.
+//!
 //! Stored members are written here, not by zlib: its level 0 copies the data twice through its
 //! window and output buffer before we copy it again; here it is copied once, with a 5-octet
 //! header per 64 KiB (RFC 1951 §3.2.4) and the gzip trailer's CRC-32 (RFC 1952).
 
 use std::io::{self, Write};
 
-use flate2::write::GzEncoder;
-use flate2::{Compression, Crc};
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -18,25 +22,31 @@ pub enum Level {
     Fast,
 }
 
-/// Files smaller than this keep whatever level is running: a new member costs more than it saves.
+/// Files smaller than this are always deflated, whatever their body: their tar header and padding
+/// are most of what they cost, and deflate saves more on those than a switch of member costs.
 pub const SWITCH_MIN: u64 = 8 << 10;
 
 enum Member<W: Write> {
-    Fast(GzEncoder<W>),
+    Fast(Deflated<W>),
     Store(Stored<W>),
 }
 
 impl<W: Write> Member<W> {
-    fn start(inner: W, level: Level) -> io::Result<Self> {
+    fn start(inner: W, level: Level, deflate: &mut Option<Deflate>) -> io::Result<Self> {
         Ok(match level {
-            Level::Fast => Member::Fast(GzEncoder::new(inner, Compression::fast())),
+            Level::Fast => Member::Fast(Deflated::start(inner, deflate.take().unwrap_or_else(Deflate::new))?),
             Level::Store => Member::Store(Stored::start(inner)?),
         })
     }
 
-    fn finish(self) -> io::Result<W> {
+    /// Ends the member; its deflate state, reset, goes back to `spare`.
+    fn finish(self, spare: &mut Option<Deflate>) -> io::Result<W> {
         match self {
-            Member::Fast(gz) => gz.finish(),
+            Member::Fast(gz) => {
+                let (inner, deflate) = gz.finish()?;
+                *spare = Some(deflate);
+                Ok(inner)
+            }
             Member::Store(stored) => stored.finish(),
         }
     }
@@ -45,28 +55,37 @@ impl<W: Write> Member<W> {
 pub struct AdaptiveGz<W: Write> {
     member: Option<Member<W>>,
     level: Level,
+    /// the deflate state, kept while a stored member runs
+    spare: Option<Deflate>,
 }
 
 impl<W: Write> AdaptiveGz<W> {
     pub fn new(inner: W, level: Level) -> io::Result<Self> {
+        let mut spare = None;
         Ok(AdaptiveGz {
-            member: Some(Member::start(inner, level)?),
+            member: Some(Member::start(inner, level, &mut spare)?),
             level,
+            spare,
         })
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
     }
 
     pub fn set_level(&mut self, level: Level) -> io::Result<()> {
         if level == self.level {
             return Ok(());
         }
-        let inner = self.take()?.finish()?;
-        self.member = Some(Member::start(inner, level)?);
+        let inner = self.take()?.finish(&mut self.spare)?;
+        self.member = Some(Member::start(inner, level, &mut self.spare)?);
         self.level = level;
         Ok(())
     }
 
     pub fn finish(mut self) -> io::Result<W> {
-        self.take()?.finish()
+        let member = self.take()?;
+        member.finish(&mut self.spare)
     }
 
     fn take(&mut self) -> io::Result<Member<W>> {
@@ -94,6 +113,113 @@ impl<W: Write> Write for AdaptiveGz<W> {
     }
 }
 
+/// The deflate state and its output buffer, reused from member to member.
+struct Deflate {
+    compress: Compress,
+    out: Vec<u8>,
+}
+
+/// Output gathered before it is written on.
+const DEFLATE_OUT: usize = 64 << 10;
+
+impl Deflate {
+    fn new() -> Self {
+        Deflate {
+            // raw deflate: the gzip header and trailer are ours
+            compress: Compress::new(Compression::fast(), false),
+            out: Vec::with_capacity(DEFLATE_OUT),
+        }
+    }
+}
+
+/// A gzip member of deflated data at level 1.
+struct Deflated<W: Write> {
+    inner: W,
+    deflate: Deflate,
+    crc: Crc,
+}
+
+/// magic, deflate, no flags, no mtime, no extra flags, OS unknown
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+fn deflate_err(e: flate2::CompressError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl<W: Write> Deflated<W> {
+    fn start(mut inner: W, mut deflate: Deflate) -> io::Result<Self> {
+        inner.write_all(&GZIP_HEADER)?;
+        deflate.compress.reset();
+        deflate.out.clear();
+        Ok(Deflated {
+            inner,
+            deflate,
+            crc: Crc::new(),
+        })
+    }
+
+    /// Writes on what the output buffer holds.
+    fn drain(&mut self) -> io::Result<()> {
+        self.inner.write_all(&self.deflate.out)?;
+        self.deflate.out.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(W, Deflate)> {
+        loop {
+            if self.deflate.out.len() == self.deflate.out.capacity() {
+                self.drain()?;
+            }
+            let out_before = self.deflate.out.len();
+            let status = self
+                .deflate
+                .compress
+                .compress_vec(&[], &mut self.deflate.out, FlushCompress::Finish)
+                .map_err(deflate_err)?;
+            if status == Status::StreamEnd {
+                break;
+            }
+            if self.deflate.out.len() == out_before && out_before < self.deflate.out.capacity() {
+                return Err(io::Error::other("deflate made no progress"));
+            }
+        }
+        self.drain()?;
+        self.inner.write_all(&self.crc.sum().to_le_bytes())?;
+        self.inner.write_all(&self.crc.amount().to_le_bytes())?;
+        Ok((self.inner, self.deflate))
+    }
+}
+
+impl<W: Write> Write for Deflated<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.deflate.out.len() == self.deflate.out.capacity() {
+                self.drain()?;
+            }
+            let (before, out_before) = (self.deflate.compress.total_in(), self.deflate.out.len());
+            self.deflate
+                .compress
+                .compress_vec(rest, &mut self.deflate.out, FlushCompress::None)
+                .map_err(deflate_err)?;
+            let taken = (self.deflate.compress.total_in() - before) as usize;
+            if taken == 0 && self.deflate.out.len() == out_before {
+                return Err(io::Error::other("deflate made no progress"));
+            }
+            rest = &rest[taken.min(rest.len())..];
+        }
+        self.crc.update(buf);
+        Ok(buf.len())
+    }
+
+    /// Writes on what is already deflated; not a deflate flush (each would end a block, and cost
+    /// a new block's code tables): what the deflate state holds comes out when the member ends.
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
+        self.inner.flush()
+    }
+}
+
 /// A gzip member of stored (uncompressed) deflate blocks.
 struct Stored<W: Write> {
     inner: W,
@@ -105,8 +231,7 @@ const STORED_MAX: usize = u16::MAX as usize;
 
 impl<W: Write> Stored<W> {
     fn start(mut inner: W) -> io::Result<Self> {
-        // magic, deflate, no flags, no mtime, no extra flags, OS unknown
-        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+        inner.write_all(&GZIP_HEADER)?;
         Ok(Stored { inner, crc: Crc::new() })
     }
 
