@@ -190,7 +190,7 @@ struct Producer<'a> {
 
 impl<'a> Producer<'a> {
     fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters, delta: Delta<'a>) -> Result<Written, ArchiveError> {
-        let gz = AdaptiveGz::new(out, Level::Fast).map_err(write_err)?;
+        let gz = AdaptiveGz::new(out, Level::Small).map_err(write_err)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
@@ -323,7 +323,9 @@ impl<'a> Producer<'a> {
             .map_err(|e| read_err(path, e))?;
         // A small file's tar header and padding outweigh its body, and deflate well even when the
         // body does not: small files always go through a deflating member.
-        let level = if size >= SWITCH_MIN && looks_compressed(&self.peek[..peeked]) {
+        let level = if size < SWITCH_MIN {
+            Level::Small
+        } else if looks_compressed(&self.peek[..peeked]) {
             Level::Store
         } else {
             Level::Fast
@@ -389,7 +391,7 @@ impl<'a> Producer<'a> {
         header.set_metadata_in_mode(md, HeaderMode::Complete);
         header.set_entry_type(EntryType::Directory);
         header.set_size(0);
-        self.set_level(Level::Fast)?; // a header alone
+        self.set_level(Level::Small)?; // a header alone
         self.tar
             .append_data(&mut header, name, io::empty())
             .map_err(write_err)?;
@@ -449,7 +451,7 @@ impl<'a> Producer<'a> {
                     header.set_metadata_in_mode(&md, HeaderMode::Complete);
                     header.set_entry_type(EntryType::Symlink);
                     header.set_size(0);
-                    self.set_level(Level::Fast)?;
+                    self.set_level(Level::Small)?;
                     self.tar
                         .append_link(&mut header, &child_name, &target)
                         .map_err(write_err)?;
@@ -531,7 +533,7 @@ impl<'a> Producer<'a> {
 
     fn json(&mut self, file: &str, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
         let body = serde_json::to_vec_pretty(value).map_err(|e| write_err(io::Error::other(e)))?;
-        self.set_level(Level::Fast)?;
+        self.set_level(Level::Small)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o600);
