@@ -159,7 +159,10 @@ impl<W: Write> Deflated<W> {
         deflate.compress.reset();
         // a fresh stream: nothing to flush before the level changes
         let level = if level == Level::Small { 2 } else { 1 };
-        deflate.compress.set_level(Compression::new(level)).map_err(deflate_err)?;
+        deflate
+            .compress
+            .set_level(Compression::new(level))
+            .map_err(deflate_err)?;
         deflate.out.clear();
         Ok(Deflated {
             inner,
@@ -382,4 +385,3 @@ mod tests {
         assert!(!looks_compressed(&text));
     }
 }
-
