@@ -10,6 +10,8 @@
 #   bench/small_files.sh [COUNT...]         (default 30000 300000)
 #   BASELINE_BIN=/path/synapse-backup ...   also measure that build in the same run (before/after)
 #   BENCH_DIR=/path ...                     where trees and backups go (default ./bench-out)
+#   BENCH_SIZE=256M bench/small_files.sh 0  media of the fixture (default 64M): with COUNT 0, the
+#                                           mixed fixture of bench/run.sh, before/after in one run
 set -euo pipefail
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(30000 300000)
@@ -47,10 +49,12 @@ per_file() { python3 -c "print(f'{$1*1e6/$2:6.1f}')"; }
 # see bench/run.sh).
 rm -rf "$out"/small-restore-*
 for count in "${counts[@]}"; do
+  media=${BENCH_SIZE:-64M}
   tree=$out/small-tree-$count
+  [ "$media" = 64M ] || tree=$out/small-tree-$count-$media
   if [ ! -f "$tree/.made" ]; then
     rm -rf "$tree"
-    "$xtask" fixture make "$tree" --size 64M --small-files "$count" >/dev/null
+    "$xtask" fixture make "$tree" --size "$media" --small-files "$count" >/dev/null
     touch "$tree/.made"
   fi
   config=$tree/homeserver.yaml
@@ -86,8 +90,8 @@ for count in "${counts[@]}"; do
   measure ref_verify bash -c "gpg ${gpg_opts[*]} -d $out/small-ref.gpg | tar -t >/dev/null"
 
   ref_stored=$(stat -c %s "$out/small-ref.gpg")
-  printf '\n%s small files + 64M media: %s files, %s to back up; reference stores %s bytes (%s of the input)\n' \
-    "$count" "$files" "$(numfmt --to=iec "$bytes")" "$ref_stored" "$(ratio "$ref_stored" "$bytes")"
+  printf '\n%s small files + %s media: %s files, %s to back up; reference stores %s bytes (%s of the input)\n' \
+    "$count" "$media" "$files" "$(numfmt --to=iec "$bytes")" "$ref_stored" "$(ratio "$ref_stored" "$bytes")"
   printf '%-12s %8s %8s %8s %9s   %-8s %-8s %-8s %-8s  %s\n' "" create restore verify "RSS MiB" "create" "restore" "verify" "stored" "µs/file (c/r)"
   printf '%-12s %8s %8s %8s %9s   %s\n' reference "$secs_ref_create" "$secs_ref_restore" "$secs_ref_verify" \
     "$((rss_ref_restore/1024))" "(ratios ours/reference)"

@@ -119,7 +119,7 @@ pub struct Stager {
     /// the process's umask, when it could be read (files are then made with their mode)
     umask: Option<u32>,
     cleanup: bool,
-    /// writes the files' data on a thread of its own
+    /// writes the files' data (large ones on a thread of its own)
     writer: FileWriter,
     /// a differential's files to take from its base
     inherited: Option<Spill>,
@@ -920,6 +920,41 @@ mod tests {
         // and the hard link to the real file works
         feed(&mut s, &media("a/h"), EntryKind::HardLink(media("a/sub/file")), b"").unwrap();
         drop(s);
+        t.victim_untouched();
+    }
+
+    #[test]
+    fn a_directory_the_walk_comes_back_to_keeps_its_metadata() {
+        let t = tree();
+        let id: BackupId = "backup-20260101000000000000".parse().unwrap();
+        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
+        feed(&mut s, &t.name("media_store/local_content"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a/b"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a/b/one"), EntryKind::File, b"1").unwrap();
+        feed(&mut s, &media("c"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("c/two"), EntryKind::File, b"2").unwrap();
+        // back into directories the walk left (another tar's order), and a later entry of a name
+        feed(&mut s, &media("a/b/three"), EntryKind::File, b"3").unwrap();
+        feed(&mut s, &media("a/b/one"), EntryKind::File, b"one").unwrap();
+        feed(&mut s, &media("a/new/four"), EntryKind::File, b"4").unwrap();
+        let staged = s.finish().unwrap();
+        let root = t.data.join(format!("media_store/{STAGING_PREFIX}{id}/local_content"));
+        assert_eq!(fs::read_to_string(root.join("a/b/one")).unwrap(), "one");
+        assert_eq!(fs::read_to_string(root.join("a/b/three")).unwrap(), "3");
+        assert_eq!(fs::read_to_string(root.join("a/new/four")).unwrap(), "4");
+        for (dir, mode) in [("", 0o744), ("a", 0o744), ("a/b", 0o744), ("c", 0o744), ("a/new", 0o755)] {
+            let md = fs::metadata(root.join(dir)).unwrap();
+            assert_eq!(md.mode() & 0o7777, mode, "{dir:?}");
+            if mode == 0o744 {
+                assert_eq!(md.mtime(), 1_700_000_000, "{dir:?}");
+            }
+        }
+        let md = fs::metadata(root.join("a/b/one")).unwrap();
+        assert_eq!((md.mode() & 0o777, md.mtime()), (0o644, 1_700_000_000));
+        drop(staged);
         t.victim_untouched();
     }
 
