@@ -945,7 +945,13 @@ mod tests {
         assert_eq!(fs::read_to_string(root.join("a/b/one")).unwrap(), "one");
         assert_eq!(fs::read_to_string(root.join("a/b/three")).unwrap(), "3");
         assert_eq!(fs::read_to_string(root.join("a/new/four")).unwrap(), "4");
-        for (dir, mode) in [("", 0o744), ("a", 0o744), ("a/b", 0o744), ("c", 0o744), ("a/new", 0o755)] {
+        for (dir, mode) in [
+            ("", 0o744),
+            ("a", 0o744),
+            ("a/b", 0o744),
+            ("c", 0o744),
+            ("a/new", 0o755),
+        ] {
             let md = fs::metadata(root.join(dir)).unwrap();
             assert_eq!(md.mode() & 0o7777, mode, "{dir:?}");
             if mode == 0o744 {
