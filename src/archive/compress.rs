@@ -123,7 +123,10 @@ impl<W: Write> Write for AdaptiveGz<W> {
 /// The deflate state and its output buffer, reused from member to member.
 struct Deflate {
     compress: Compress,
-    out: Vec<u8>,
+    /// output not yet written on: `out[..len]` (a fixed buffer: flate2's `compress_vec` zeroes a
+    /// vector's spare capacity on every call)
+    out: Box<[u8]>,
+    len: usize,
 }
 
 /// Output gathered before it is written on.
@@ -134,8 +137,27 @@ impl Deflate {
         Deflate {
             // raw deflate: the gzip header and trailer are ours
             compress: Compress::new(Compression::fast(), false),
-            out: Vec::with_capacity(DEFLATE_OUT),
+            out: vec![0; DEFLATE_OUT].into_boxed_slice(),
+            len: 0,
         }
+    }
+
+    fn full(&self) -> bool {
+        self.len == self.out.len()
+    }
+
+    /// Deflates from `input` into the free part of the output buffer: how much of `input` it took,
+    /// how much it made, and the status.
+    fn step(&mut self, input: &[u8], flush: FlushCompress) -> io::Result<(usize, usize, Status)> {
+        let (in0, out0) = (self.compress.total_in(), self.compress.total_out());
+        let status = self
+            .compress
+            .compress(input, &mut self.out[self.len..], flush)
+            .map_err(deflate_err)?;
+        let taken = (self.compress.total_in() - in0) as usize;
+        let made = (self.compress.total_out() - out0) as usize;
+        self.len = (self.len + made).min(self.out.len());
+        Ok((taken.min(input.len()), made, status))
     }
 }
 
@@ -163,7 +185,7 @@ impl<W: Write> Deflated<W> {
             .compress
             .set_level(Compression::new(level))
             .map_err(deflate_err)?;
-        deflate.out.clear();
+        deflate.len = 0;
         Ok(Deflated {
             inner,
             deflate,
@@ -173,26 +195,21 @@ impl<W: Write> Deflated<W> {
 
     /// Writes on what the output buffer holds.
     fn drain(&mut self) -> io::Result<()> {
-        self.inner.write_all(&self.deflate.out)?;
-        self.deflate.out.clear();
+        self.inner.write_all(&self.deflate.out[..self.deflate.len])?;
+        self.deflate.len = 0;
         Ok(())
     }
 
     fn finish(mut self) -> io::Result<(W, Deflate)> {
         loop {
-            if self.deflate.out.len() == self.deflate.out.capacity() {
+            if self.deflate.full() {
                 self.drain()?;
             }
-            let out_before = self.deflate.out.len();
-            let status = self
-                .deflate
-                .compress
-                .compress_vec(&[], &mut self.deflate.out, FlushCompress::Finish)
-                .map_err(deflate_err)?;
+            let (_, made, status) = self.deflate.step(&[], FlushCompress::Finish)?;
             if status == Status::StreamEnd {
                 break;
             }
-            if self.deflate.out.len() == out_before && out_before < self.deflate.out.capacity() {
+            if made == 0 && !self.deflate.full() {
                 return Err(io::Error::other("deflate made no progress"));
             }
         }
@@ -207,19 +224,14 @@ impl<W: Write> Write for Deflated<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
-            if self.deflate.out.len() == self.deflate.out.capacity() {
+            if self.deflate.full() {
                 self.drain()?;
             }
-            let (before, out_before) = (self.deflate.compress.total_in(), self.deflate.out.len());
-            self.deflate
-                .compress
-                .compress_vec(rest, &mut self.deflate.out, FlushCompress::None)
-                .map_err(deflate_err)?;
-            let taken = (self.deflate.compress.total_in() - before) as usize;
-            if taken == 0 && self.deflate.out.len() == out_before {
+            let (taken, made, _) = self.deflate.step(rest, FlushCompress::None)?;
+            if taken == 0 && made == 0 {
                 return Err(io::Error::other("deflate made no progress"));
             }
-            rest = &rest[taken.min(rest.len())..];
+            rest = &rest[taken..];
         }
         self.crc.update(buf);
         Ok(buf.len())
