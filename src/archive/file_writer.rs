@@ -1,5 +1,7 @@
 //! Restored files are written by a thread of their own, so the unpacking thread reads, hashes and
-//! checks entries while this one writes what came before.
+//! checks entries while this one writes what came before. Small files (most of a media store's
+//! files, few of its bytes) are written by the unpacking thread itself: for them a hand-over
+//! (waking a thread, and waiting for a buffer back) would cost more than the write.
 //!
 //! Files are still created (`O_EXCL`, never through a link) by the caller, in archive order, so every
 //! check on paths stays where it was; this thread only writes their data and then sets each file's
@@ -31,6 +33,8 @@ const QUEUE: usize = 4;
 const ALIGN: usize = 4096;
 /// Files smaller than this go through the page cache: one direct write is a round trip to the disk.
 const DIRECT_FROM: u64 = 128 << 10;
+/// Files smaller than this are written by the caller's thread, not handed over.
+const INLINE_BELOW: u64 = 64 << 10;
 
 /// What a finished file gets once its data is written.
 pub struct FileMeta {
@@ -38,7 +42,8 @@ pub struct FileMeta {
     pub mtime: SystemTime,
     /// Owner to set (only when running as root).
     pub owner: Option<(u32, u32)>,
-    pub mode: u32,
+    /// Mode to set; None when the file was made with it.
+    pub mode: Option<u32>,
 }
 
 enum Job {
@@ -80,6 +85,8 @@ pub struct FileWriter {
     /// None once finished
     jobs: Option<SyncSender<Job>>,
     spare: Receiver<Buffer>,
+    /// a small file's data, on its way from the archive to the file
+    small: Vec<u8>,
     /// None once joined
     thread: Option<JoinHandle<Result<(), ArchiveError>>>,
 }
@@ -96,6 +103,7 @@ impl FileWriter {
         Ok(FileWriter {
             jobs: Some(jobs),
             spare,
+            small: Vec::new(),
             thread: Some(thread),
         })
     }
@@ -111,6 +119,18 @@ impl FileWriter {
         entry: &str,
         meta: FileMeta,
     ) -> Result<(), ArchiveError> {
+        if size < INLINE_BELOW {
+            if self.jobs.is_none() {
+                return Err(ended());
+            }
+            self.small.resize(size as usize, 0);
+            let n = super::read_full(data, &mut self.small).map_err(|e| ArchiveError::read(entry, e))?;
+            let mut file = file;
+            return file
+                .write_all(&self.small[..n])
+                .and_then(|()| finish_file(&file, &meta))
+                .map_err(|e| ArchiveError::stage(&path, e));
+        }
         self.send(Job::Start { file, path, size })?;
         loop {
             let mut buf = self.spare.try_recv().unwrap_or_else(|_| Buffer::new());
@@ -143,10 +163,7 @@ impl FileWriter {
     /// Hands `job` over; when the thread has stopped on a failure, that failure.
     fn send(&mut self, job: Job) -> Result<(), ArchiveError> {
         let Some(jobs) = &self.jobs else {
-            return Err(ArchiveError::io(
-                "writing the restored files",
-                io::Error::other("the writing already ended"),
-            ));
+            return Err(ended());
         };
         if jobs.send(job).is_ok() {
             return Ok(());
@@ -157,6 +174,13 @@ impl FileWriter {
             io::Error::other("the writing thread stopped"),
         ))
     }
+}
+
+fn ended() -> ArchiveError {
+    ArchiveError::io(
+        "writing the restored files",
+        io::Error::other("the writing already ended"),
+    )
 }
 
 impl Drop for FileWriter {
@@ -238,8 +262,13 @@ fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
     if let Some((uid, gid)) = meta.owner {
         std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
     }
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o777))
+    match meta.mode {
+        Some(mode) => {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+        }
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -251,7 +280,7 @@ mod tests {
         FileMeta {
             mtime: crate::archive::mtime_of(1_700_000_000).unwrap(),
             owner: None,
-            mode,
+            mode: Some(mode),
         }
     }
 

@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustix::fs::FileType;
 
@@ -41,12 +42,40 @@ const IMPLICIT_DIR_MODE: u32 = 0o755;
 
 /// Metadata to apply to a staged directory once every file is in.
 struct DirMeta {
-    role: Role,
-    /// below the role's staged root
-    rel: PathBuf,
     mode: u32,
     mtime: Option<SystemTime>,
     owner: Owner,
+}
+
+impl DirMeta {
+    fn implicit(owner: Owner) -> Self {
+        DirMeta {
+            mode: IMPLICIT_DIR_MODE,
+            mtime: None,
+            owner,
+        }
+    }
+
+    /// Through the directory's handle: owner and mode, then its time (last: making entries in it
+    /// changed it).
+    fn apply(&self, dir: &DirHandle) -> io::Result<()> {
+        dir.set_owner_and_mode(self.owner, dir_mode(self.mode))?;
+        if let Some(mtime) = self.mtime {
+            let _ = dir.set_mtime(mtime);
+        }
+        Ok(())
+    }
+}
+
+/// A staged media directory the archive's walk is in: entries come in tree order, so when the
+/// walk leaves it, nothing more is made in it and its metadata is applied then. What is open is
+/// one path of the tree, whatever its size.
+struct OpenDir {
+    role: Role,
+    /// below the role's staged root, never empty
+    rel: PathBuf,
+    dir: Arc<DirHandle>,
+    meta: DirMeta,
 }
 
 /// A staging directory beside some targets: both opened once, used through their handles.
@@ -65,7 +94,7 @@ struct StagedRole {
     /// key of its [`Staging`] (the target's directory)
     parent: PathBuf,
     /// media: the staged root directory
-    root: Option<DirHandle>,
+    root: Option<Arc<DirHandle>>,
 }
 
 pub struct Stager {
@@ -77,17 +106,20 @@ pub struct Stager {
     /// staging directory for each target directory
     staging: BTreeMap<PathBuf, Staging>,
     staged: BTreeMap<Role, StagedRole>,
-    dirs: Vec<DirMeta>,
+    /// each media role's root's metadata, applied at the end
+    roots: BTreeMap<Role, DirMeta>,
+    /// the media directories the walk is in, outermost first
+    open: Vec<OpenDir>,
     /// each role's owner in the live layout
     owners: BTreeMap<Role, Owner>,
-    /// the directory the last entry went into (entries come in tree order)
-    last_dir: Option<(Role, PathBuf, DirHandle)>,
     links: HardLinks,
     media_seen: bool,
     notes: Vec<String>,
     as_root: bool,
+    /// the process's umask, when it could be read (files are then made with their mode)
+    umask: Option<u32>,
     cleanup: bool,
-    /// writes the files' data on a thread of its own
+    /// writes the files' data (large ones on a thread of its own)
     writer: FileWriter,
     /// a differential's files to take from its base
     inherited: Option<Spill>,
@@ -108,13 +140,14 @@ impl Stager {
             entries: 0,
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
-            dirs: Vec::new(),
+            roots: BTreeMap::new(),
+            open: Vec::new(),
             owners: BTreeMap::new(),
-            last_dir: None,
             links: HardLinks::default(),
             media_seen: false,
             notes: Vec::new(),
             as_root: rustix::process::geteuid().is_root(),
+            umask: umask(),
             cleanup: true,
             writer: FileWriter::start()?,
             inherited: None,
@@ -247,14 +280,8 @@ impl Stager {
                 rustix::fs::mkdirat(staging.dir.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
                     .map_err(|e| ArchiveError::stage(&path, e.into()))?;
                 // mode and times from the backup's entry, if it has one (see `finish`)
-                self.dirs.push(DirMeta {
-                    role,
-                    rel: PathBuf::new(),
-                    mode: IMPLICIT_DIR_MODE,
-                    mtime: None,
-                    owner,
-                });
-                Some(staging.dir.child(&name).map_err(write_err(&path))?)
+                self.roots.insert(role, DirMeta::implicit(owner));
+                Some(Arc::new(staging.dir.child(&name).map_err(write_err(&path))?))
             } else {
                 None
             };
@@ -271,28 +298,65 @@ impl Stager {
         Ok(self.staged.get(&role))
     }
 
-    /// The staged directory `rel` of a media role, made (as the archive's order needs) if
-    /// missing, never through a link.
-    fn media_dir(&mut self, role: Role, rel: &Path, entry: &str, owner: Owner) -> Result<DirHandle, ArchiveError> {
-        if let Some((r, p, dir)) = self.last_dir.take() {
-            if r == role && p == rel {
-                return Ok(dir);
+    /// The staged directory `rel` of a media role (its root when `rel` is empty), made (as the
+    /// archive's order needs) if missing, never through a link; the walk leaves, and gives their
+    /// metadata to, the open directories not on the way to it.
+    fn media_dir(&mut self, role: Role, rel: &Path, entry: &str, owner: Owner) -> Result<Arc<DirHandle>, ArchiveError> {
+        while let Some(top) = self.open.last() {
+            if top.role == role && rel.starts_with(&top.rel) {
+                break;
             }
+            self.leave_one()?;
         }
-        let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
-            return Err(ArchiveError::hostile(entry, "not below a media directory"));
+        let mut at = match self.open.last() {
+            Some(top) => top.dir.clone(),
+            None => match self.staged.get(&role).and_then(|s| s.root.as_ref()) {
+                Some(root) => root.clone(),
+                None => return Err(ArchiveError::hostile(entry, "not below a media directory")),
+            },
         };
-        let (dir, made) = root.descend(rel, Some(0o700)).map_err(|e| through_link(entry, e))?;
-        for rel in made {
-            self.dirs.push(DirMeta {
+        let mut so_far = self.open.last().map(|top| top.rel.clone()).unwrap_or_default();
+        let rest = rel.strip_prefix(&so_far).unwrap_or(rel).to_path_buf();
+        for c in rest.components() {
+            let Component::Normal(part) = c else {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path");
+                return Err(through_link(entry, e));
+            };
+            so_far.push(part);
+            let (dir, made) = at.make_child(part, 0o700).map_err(|e| through_link(entry, e))?;
+            let meta = if made {
+                DirMeta::implicit(owner)
+            } else {
+                // made by this restore (the staging directory was empty), and left before: what
+                // was applied to it then is applied again when it is left this time
+                let st = dir.metadata().map_err(write_err(&at.join(part)))?;
+                let mtime = u64::try_from(st.st_mtime)
+                    .ok()
+                    .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+                DirMeta {
+                    mode: st.st_mode & 0o7777,
+                    mtime,
+                    owner,
+                }
+            };
+            let dir = Arc::new(dir);
+            self.open.push(OpenDir {
                 role,
-                rel,
-                mode: IMPLICIT_DIR_MODE,
-                mtime: None,
-                owner,
+                rel: so_far.clone(),
+                dir: dir.clone(),
+                meta,
             });
+            at = dir;
         }
-        Ok(dir)
+        Ok(at)
+    }
+
+    /// The walk leaves the innermost open directory: it gets its metadata.
+    fn leave_one(&mut self) -> Result<(), ArchiveError> {
+        if let Some(d) = self.open.pop() {
+            d.meta.apply(&d.dir).map_err(write_err(d.dir.path()))?;
+        }
+        Ok(())
     }
 
     /// The directory a non-media role's file goes into: its staging directory.
@@ -316,21 +380,15 @@ impl Stager {
                 self.staged_root(Role::Media(i))?;
             }
         }
-        self.last_dir = None;
-        // deepest first: a directory's mtime changes when something is created in it (the sort
-        // is stable: an entry's own metadata, pushed after the defaults, is applied last)
-        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.rel.components().count()));
-        for d in std::mem::take(&mut self.dirs) {
-            let Some(root) = self.staged.get(&d.role).and_then(|s| s.root.as_ref()) else {
+        // innermost first: a directory's mtime changes when something is made in it
+        while !self.open.is_empty() {
+            self.leave_one()?;
+        }
+        for (role, meta) in std::mem::take(&mut self.roots) {
+            let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
                 continue;
             };
-            let path = root.join(&d.rel);
-            let (dir, _) = root.descend(&d.rel, None).map_err(write_err(&path))?;
-            dir.set_owner_and_mode(d.owner, dir_mode(d.mode))
-                .map_err(write_err(&path))?;
-            if let Some(mtime) = d.mtime {
-                let _ = dir.set_mtime(mtime);
-            }
+            meta.apply(root).map_err(write_err(root.path()))?;
         }
         let db = self.staged.get(&Role::Database).map(|db| PathBuf::from(&db.name));
         let db_dir = self.staging_dir(Role::Database).map(DirHandle::try_clone).transpose();
@@ -368,15 +426,26 @@ impl Stager {
     }
 
     fn write_file(&mut self, dir: &DirHandle, name: &OsStr, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
-        let path = dir.join(name);
-        let file = dir.create_file(name, 0o600).map_err(write_err(&path))?;
+        // its owner must be able to read and write it (Synapse opens its database read-write)
+        let mode = (e.mode & 0o777) | 0o600;
+        // made with its mode, when the umask leaves it whole (a private staging directory: no one
+        // else can open it meanwhile)
+        let whole = self.umask.is_some_and(|mask| mode & mask == 0);
+        let made_mode = if whole { mode } else { 0o600 };
+        let file = match dir.create_file(name, made_mode) {
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                self.replace(dir, name, e.name)?;
+                dir.create_file(name, made_mode)
+            }
+            made => made,
+        };
+        let file = file.map_err(|err| ArchiveError::stage(&dir.join(name), err))?;
         let meta = FileMeta {
             mtime: mtime_of(e.mtime)?,
             owner,
-            // its owner must be able to read and write it (Synapse opens its database read-write)
-            mode: (e.mode & 0o777) | 0o600,
+            mode: (!whole).then_some(mode),
         };
-        self.writer.write(file, path, e.data, e.size, e.name, meta)
+        self.writer.write(file, dir.join(name), e.data, e.size, e.name, meta)
     }
 
     /// Makes room for `name` in `dir`: a later entry of the same name replaces an earlier file or
@@ -396,54 +465,55 @@ impl Stager {
 
     fn media_entry(&mut self, role: Role, rest: &str, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
         let rel = Path::new(rest);
+        let meta = DirMeta {
+            mode: e.mode,
+            mtime: Some(mtime_of(e.mtime)?),
+            owner,
+        };
         if rest.is_empty() {
             // the media directory's root (the type rule allows only a directory here)
-            self.dirs.push(DirMeta {
-                role,
-                rel: PathBuf::new(),
-                mode: e.mode,
-                mtime: Some(mtime_of(e.mtime)?),
-                owner,
-            });
+            self.roots.insert(role, meta);
             return Ok(());
         }
         if e.kind == EntryKind::Dir {
-            let dir = self.media_dir(role, rel, e.name, owner)?;
-            self.last_dir = Some((role, rel.to_path_buf(), dir));
-            self.dirs.push(DirMeta {
-                role,
-                rel: rel.to_path_buf(),
-                mode: e.mode,
-                mtime: Some(mtime_of(e.mtime)?),
-                owner,
-            });
+            self.media_dir(role, rel, e.name, owner)?;
+            if let Some(top) = self.open.last_mut() {
+                top.meta = meta; // `media_dir` made `rel` the innermost open directory
+            }
             return Ok(());
         }
         let parent = rel.parent().unwrap_or(Path::new(""));
         let name = rel.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let dir = self.media_dir(role, parent, e.name, owner)?;
-        let path = dir.join(&name);
-        self.replace(&dir, &name, e.name)?;
         let kind = e.kind.clone();
         let entry_name = e.name.to_string();
-        let e_is_file = kind == EntryKind::File;
-        let done = match kind {
-            EntryKind::File => self.write_file(&dir, &name, e, owner),
-            EntryKind::Symlink(target) => dir
-                .symlink(OsStr::new(&target), &name)
-                .and_then(|()| match owner {
+        match kind {
+            EntryKind::File => {
+                self.write_file(&dir, &name, e, owner)?;
+                self.links.file(&entry_name);
+                Ok(())
+            }
+            EntryKind::Symlink(target) => {
+                let path = dir.join(&name);
+                let made = match dir.symlink(OsStr::new(&target), &name) {
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                        self.replace(&dir, &name, &entry_name)?;
+                        dir.symlink(OsStr::new(&target), &name)
+                    }
+                    made => made,
+                };
+                made.and_then(|()| match owner {
                     Some((uid, gid)) => dir.chown(&name, uid, gid),
                     None => Ok(()),
                 })
-                .map_err(write_err(&path)),
-            EntryKind::HardLink(target) => self.hard_link(role, &target, &entry_name, &dir, &name),
+                .map_err(write_err(&path))
+            }
+            EntryKind::HardLink(target) => {
+                self.replace(&dir, &name, &entry_name)?;
+                self.hard_link(role, &target, &entry_name, &dir, &name)
+            }
             EntryKind::Dir => Ok(()),
-        };
-        if done.is_ok() && e_is_file {
-            self.links.file(&entry_name);
         }
-        self.last_dir = Some((role, parent.to_path_buf(), dir));
-        done
     }
 
     /// A hard link to an earlier file of the same media directory, found component by component
@@ -546,7 +616,6 @@ impl Visitor for Stager {
             return Ok(());
         };
         let dir = dir.map_err(|err| ArchiveError::io("staging the restore", err))?;
-        self.replace(&dir, &name, e.name)?;
         self.write_file(&dir, &name, e, owner)
     }
 }
@@ -702,6 +771,14 @@ pub fn nearest_existing(path: &Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// The process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it for a
+/// moment, for every thread).
+fn umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(suffix);
@@ -843,6 +920,47 @@ mod tests {
         // and the hard link to the real file works
         feed(&mut s, &media("a/h"), EntryKind::HardLink(media("a/sub/file")), b"").unwrap();
         drop(s);
+        t.victim_untouched();
+    }
+
+    #[test]
+    fn a_directory_the_walk_comes_back_to_keeps_its_metadata() {
+        let t = tree();
+        let id: BackupId = "backup-20260101000000000000".parse().unwrap();
+        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
+        feed(&mut s, &t.name("media_store/local_content"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a/b"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("a/b/one"), EntryKind::File, b"1").unwrap();
+        feed(&mut s, &media("c"), EntryKind::Dir, b"").unwrap();
+        feed(&mut s, &media("c/two"), EntryKind::File, b"2").unwrap();
+        // back into directories the walk left (another tar's order), and a later entry of a name
+        feed(&mut s, &media("a/b/three"), EntryKind::File, b"3").unwrap();
+        feed(&mut s, &media("a/b/one"), EntryKind::File, b"one").unwrap();
+        feed(&mut s, &media("a/new/four"), EntryKind::File, b"4").unwrap();
+        let staged = s.finish().unwrap();
+        let root = t.data.join(format!("media_store/{STAGING_PREFIX}{id}/local_content"));
+        assert_eq!(fs::read_to_string(root.join("a/b/one")).unwrap(), "one");
+        assert_eq!(fs::read_to_string(root.join("a/b/three")).unwrap(), "3");
+        assert_eq!(fs::read_to_string(root.join("a/new/four")).unwrap(), "4");
+        for (dir, mode) in [
+            ("", 0o744),
+            ("a", 0o744),
+            ("a/b", 0o744),
+            ("c", 0o744),
+            ("a/new", 0o755),
+        ] {
+            let md = fs::metadata(root.join(dir)).unwrap();
+            assert_eq!(md.mode() & 0o7777, mode, "{dir:?}");
+            if mode == 0o744 {
+                assert_eq!(md.mtime(), 1_700_000_000, "{dir:?}");
+            }
+        }
+        let md = fs::metadata(root.join("a/b/one")).unwrap();
+        assert_eq!((md.mode() & 0o777, md.mtime()), (0o644, 1_700_000_000));
+        drop(staged);
         t.victim_untouched();
     }
 

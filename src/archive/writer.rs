@@ -190,7 +190,7 @@ struct Producer<'a> {
 
 impl<'a> Producer<'a> {
     fn run(plan: &Plan, out: PipeWriter, counters: &'a Counters, delta: Delta<'a>) -> Result<Written, ArchiveError> {
-        let gz = AdaptiveGz::new(out, Level::Fast).map_err(write_err)?;
+        let gz = AdaptiveGz::new(out, Level::Small).map_err(write_err)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(PIPE_CHUNK, gz));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
@@ -260,8 +260,12 @@ impl<'a> Producer<'a> {
         }
     }
 
+    /// What comes next goes through a member of `level` (what is buffered, through the last one).
     fn set_level(&mut self, level: Level) -> Result<(), ArchiveError> {
         let w = self.tar.get_mut();
+        if w.get_ref().level() == level {
+            return Ok(());
+        }
         w.flush().map_err(write_err)?;
         w.get_mut().set_level(level).map_err(write_err)
     }
@@ -317,14 +321,16 @@ impl<'a> Producer<'a> {
         header.set_size(size);
         let peeked = super::read_full(&mut file, &mut self.peek[..(size.min(PEEK as u64) as usize)])
             .map_err(|e| read_err(path, e))?;
-        if size >= SWITCH_MIN {
-            let level = if looks_compressed(&self.peek[..peeked]) {
-                Level::Store
-            } else {
-                Level::Fast
-            };
-            self.set_level(level)?;
-        }
+        // A small file's tar header and padding outweigh its body, and deflate well even when the
+        // body does not: small files always go through a deflating member.
+        let level = if size < SWITCH_MIN {
+            Level::Small
+        } else if looks_compressed(&self.peek[..peeked]) {
+            Level::Store
+        } else {
+            Level::Fast
+        };
+        self.set_level(level)?;
         let mut reader = Hashing::new(Cursor::new(&self.peek[..peeked]).chain(file.take(size - peeked as u64)));
         self.tar
             .append_data(&mut header, name, &mut reader)
@@ -385,6 +391,7 @@ impl<'a> Producer<'a> {
         header.set_metadata_in_mode(md, HeaderMode::Complete);
         header.set_entry_type(EntryType::Directory);
         header.set_size(0);
+        self.set_level(Level::Small)?; // a header alone
         self.tar
             .append_data(&mut header, name, io::empty())
             .map_err(write_err)?;
@@ -444,6 +451,7 @@ impl<'a> Producer<'a> {
                     header.set_metadata_in_mode(&md, HeaderMode::Complete);
                     header.set_entry_type(EntryType::Symlink);
                     header.set_size(0);
+                    self.set_level(Level::Small)?;
                     self.tar
                         .append_link(&mut header, &child_name, &target)
                         .map_err(write_err)?;
@@ -525,9 +533,7 @@ impl<'a> Producer<'a> {
 
     fn json(&mut self, file: &str, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
         let body = serde_json::to_vec_pretty(value).map_err(|e| write_err(io::Error::other(e)))?;
-        if body.len() as u64 >= SWITCH_MIN {
-            self.set_level(Level::Fast)?;
-        }
+        self.set_level(Level::Small)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o600);
