@@ -280,29 +280,19 @@ fn a_differential_round_trips_through_s3() {
     let data = tmp.path().join("data");
     let config = fixture(&data, "4M", "mixed");
     let s3 = |args: &[&str]| -> Run {
-        Command::new(bin())
-            .arg("--synapse-config")
-            .arg(&config)
-            .args([
-                "--bucket",
-                "backups",
-                "--endpoint",
-                &server.endpoint(),
-                "--s3-uri-style",
-                "path",
-                "--path",
-                "synapse",
-            ])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-            .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
-            .env_remove("SYNAPSE_BACKUP_STORE")
-            .env_remove("SYNAPSE_BACKUP_PASSPHRASE_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-            .into()
+        let endpoint = server.endpoint();
+        s3_command(
+            &endpoint,
+            &server.access_key,
+            &server.secret_key,
+            "backups",
+            "synapse",
+            &config,
+            args,
+        )
+        .output()
+        .unwrap()
+        .into()
     };
     let full = json(&s3(&["--json", "create"]));
     change_the_server(&data);

@@ -223,18 +223,6 @@ fn assert_untouched(data: &Path, before: &str, run: &Run, expect: &str) {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        }
-    }
-    out
-}
-
 #[test]
 fn bad_objects_fail_clearly_and_touch_nothing() {
     let (tmp, config, store) = setup("3M", "small");
@@ -266,24 +254,6 @@ fn bad_objects_fail_clearly_and_touch_nothing() {
     fs::write(&object, &good).unwrap();
     let missing = cli(&config, &store, &["restore", "backup-20200101000000000000"]);
     assert_untouched(&data, &before, &missing, "does not exist");
-}
-
-/// An archive made with Python's tarfile (which writes whatever names it is given), encrypted with gpg.
-fn hostile_backup(tmp: &Path, store: &Path, script: &str) -> String {
-    let tarball = tmp.join("hostile.tar");
-    let py = format!("import tarfile, io\nt = tarfile.open({:?}, 'w')\ndef add(name, data=b'x', kind=tarfile.REGTYPE, link=''):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n{script}\nt.close()\n", tarball.display().to_string());
-    let out = Command::new("python3").arg("-c").arg(py).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    fs::create_dir_all(store).unwrap();
-    let id = "backup-20250101000000000000".to_string();
-    let _ = fs::remove_file(store.join(&id));
-    assert!(gpg(&tmp.join("g"), PASSPHRASE, &["--symmetric", "-o"])
-        .arg(store.join(&id))
-        .arg(&tarball)
-        .status()
-        .unwrap()
-        .success());
-    id
 }
 
 #[test]

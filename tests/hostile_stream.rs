@@ -126,18 +126,6 @@ fn assert_refused_untouched(data: &Path, before: &str, run: &Run, expect: &[&str
     assert!(staged.is_empty(), "{staged:?}");
 }
 
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        }
-    }
-    out
-}
-
 #[test]
 fn a_gigabyte_pax_header_is_refused_in_bounded_memory() {
     let (tmp, data, config, store) = setup();
@@ -331,38 +319,15 @@ fn a_wrong_passphrase_is_told_once_tried() {
 const BUCKET: &str = "backups";
 
 fn s3_cli(server: &S3Server, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--synapse-config")
-        .arg(config)
-        .args([
-            "--bucket",
-            BUCKET,
-            "--endpoint",
-            &server.endpoint(),
-            "--s3-uri-style",
-            "path",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", &server.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-        .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    for var in [
-        "SYNAPSE_BACKUP_STORE",
-        "SYNAPSE_BACKUP_PASSPHRASE_FILE",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "JUJU_CHARM_HTTP_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    s3_command(
+        &server.endpoint(),
+        &server.access_key,
+        &server.secret_key,
+        BUCKET,
+        "",
+        config,
+        args,
+    )
 }
 
 #[test]

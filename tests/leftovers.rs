@@ -215,38 +215,15 @@ fn s3_store(server: &S3Server, path: &str) -> S3Store {
 }
 
 fn s3_cli(server: &S3Server, path: &str, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--synapse-config")
-        .arg(config)
-        .args([
-            "--bucket",
-            BUCKET,
-            "--endpoint",
-            &server.endpoint(),
-            "--s3-uri-style",
-            "path",
-            "--path",
-            path,
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", &server.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-        .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    for var in [
-        "SYNAPSE_BACKUP_STORE",
-        "SYNAPSE_BACKUP_PASSPHRASE_FILE",
-        "SYNAPSE_BACKUP_ABANDONED_AFTER_HOURS",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    s3_command(
+        &server.endpoint(),
+        &server.access_key,
+        &server.secret_key,
+        BUCKET,
+        path,
+        config,
+        args,
+    )
 }
 
 fn s3_run(server: &S3Server, path: &str, config: &Path, args: &[&str]) -> Run {

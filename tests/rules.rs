@@ -223,27 +223,6 @@ fn a_media_directory_that_is_a_link_is_backed_up_as_its_directory() {
     assert_eq!(tree(&thumbs), before);
 }
 
-/// An archive made with Python's tarfile (which writes whatever it is given), encrypted with gpg.
-fn hostile_backup(tmp: &Path, store: &Path, script: &str) -> String {
-    let tarball = tmp.join("hostile.tar");
-    let py = format!(
-        "import tarfile, io\nt = tarfile.open({:?}, 'w')\ndef add(name, data=b'x', kind=tarfile.REGTYPE, link=''):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n{script}\nt.close()\n",
-        tarball.display().to_string()
-    );
-    let out = Command::new("python3").arg("-c").arg(py).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    fs::create_dir_all(store).unwrap();
-    let id = "backup-20250101000000000000".to_string();
-    let _ = fs::remove_file(store.join(&id));
-    assert!(gpg(&tmp.join("g"), PASSPHRASE, &["--symmetric", "-o"])
-        .arg(store.join(&id))
-        .arg(&tarball)
-        .status()
-        .unwrap()
-        .success());
-    id
-}
-
 /// The sentence a failed command ends with.
 fn error_line(run: &Run) -> String {
     run.stderr

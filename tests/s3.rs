@@ -329,40 +329,7 @@ fn cli_command_at(
     config: &Path,
     args: &[&str],
 ) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--synapse-config")
-        .arg(config)
-        .args([
-            "--bucket",
-            BUCKET,
-            "--endpoint",
-            endpoint,
-            "--s3-uri-style",
-            "path",
-            "--path",
-            path,
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", &server.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    for var in [
-        "SYNAPSE_BACKUP_STORE",
-        "SYNAPSE_BACKUP_PASSPHRASE_FILE",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "JUJU_CHARM_HTTP_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    s3_command(endpoint, &server.access_key, secret, BUCKET, path, config, args)
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::index::walk_order;
 use super::reader::checked_name;
 use super::rules::{Layout, Role};
 use super::staging::{check_server_name, Stager};
-use super::{ArchiveError, Entry, EntryKind, Header, Kind, Visitor, FORMAT};
+use super::{ArchiveError, Entry, EntryKind, Header, Kind, Visitor};
 use crate::backup_id::BackupId;
 
 /// A differential's inherited files as its manifest lists them: media directory, path below it,
@@ -137,11 +137,8 @@ impl<'s> FromBase<'s> {
 
 impl Visitor for FromBase<'_> {
     fn header(&mut self, h: &Header) -> Result<(), ArchiveError> {
-        if h.format > FORMAT {
-            return Err(ArchiveError::Refused(format!(
-                "the base backup {} was made by a newer synapse-backup ({}); upgrade to restore it",
-                self.base, h.tool
-            )));
+        if let Some(refusal) = super::rules::header_refusal(h) {
+            return Err(refusal);
         }
         if h.kind != Kind::Full {
             return Err(ArchiveError::Damaged(format!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -210,5 +211,84 @@ pub fn wipe(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("homeserver.db"));
     let _ = std::fs::remove_dir_all(dir.join("media_store/local_content"));
     let _ = std::fs::remove_dir_all(dir.join("media_store/local_thumbnails"));
+}
+/// Every path below `dir` (links not followed).
+pub fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+/// An archive made with Python's tarfile (which writes whatever names it is given), encrypted with gpg.
+pub fn hostile_backup(tmp: &Path, store: &Path, script: &str) -> String {
+    let tarball = tmp.join("hostile.tar");
+    let py = format!("import tarfile, io\nt = tarfile.open({:?}, 'w')\ndef add(name, data=b'x', kind=tarfile.REGTYPE, link=''):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n{script}\nt.close()\n", tarball.display().to_string());
+    let out = Command::new("python3").arg("-c").arg(py).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::create_dir_all(store).unwrap();
+    let id = "backup-20250101000000000000".to_string();
+    let _ = fs::remove_file(store.join(&id));
+    assert!(gpg(&tmp.join("g"), PASSPHRASE, &["--symmetric", "-o"])
+        .arg(store.join(&id))
+        .arg(&tarball)
+        .status()
+        .unwrap()
+        .success());
+    id
+}
+
+/// The binary against an S3 server, as an operator runs it: bucket, endpoint, path-style URIs and
+/// `path` on the command line, the credentials and passphrase in the environment (never in argv),
+/// and nothing of this machine's own store, proxy or AWS settings.
+pub fn s3_command(
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &str,
+    bucket: &str,
+    path: &str,
+    config: &Path,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--synapse-config")
+        .arg(config)
+        .args([
+            "--bucket",
+            bucket,
+            "--endpoint",
+            endpoint,
+            "--s3-uri-style",
+            "path",
+            "--path",
+            path,
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", access_key)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .env("SYNAPSE_BACKUP_PASSPHRASE", PASSPHRASE)
+        .stdin(Stdio::null());
+    for var in [
+        "SYNAPSE_BACKUP_STORE",
+        "SYNAPSE_BACKUP_PASSPHRASE_FILE",
+        "SYNAPSE_BACKUP_ABANDONED_AFTER_HOURS",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "JUJU_CHARM_HTTP_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 pub mod juju;

@@ -215,6 +215,20 @@ impl S3Store {
         )))
     }
 
+    /// Deletes the object `name` under the prefix.
+    fn delete_key(&self, name: &str) -> Result<(), StoreError> {
+        let request = self
+            .target
+            .client
+            .delete_object()
+            .bucket(&self.target.bucket)
+            .key(self.params.key(name));
+        self.rt
+            .block_on(request.send())
+            .map(drop)
+            .map_err(|e| store_error(self.cx(&format!("deleting {name}")), e))
+    }
+
     /// A streaming download of `key` (`name`, for messages); `None` when there is no such object.
     fn download(&self, key: String, name: &str) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
         let request = |range: Option<String>| {
@@ -360,28 +374,9 @@ impl ObjectStore for S3Store {
         if self.head(id)?.is_none() {
             return Err(StoreError::NotFound(id.clone()));
         }
-        self.rt
-            .block_on(
-                self.target
-                    .client
-                    .delete_object()
-                    .bucket(&self.target.bucket)
-                    .key(self.params.key(id.as_str()))
-                    .send(),
-            )
-            .map_err(|e| store_error(self.cx(&format!("deleting {id}")), e))?;
+        self.delete_key(id.as_str())?;
         // its index, if it has one (S3 deletes a missing key without complaint)
-        let index = format!("{id}{INDEX_SUFFIX}");
-        self.rt
-            .block_on(
-                self.target
-                    .client
-                    .delete_object()
-                    .bucket(&self.target.bucket)
-                    .key(self.params.key(&index))
-                    .send(),
-            )
-            .map_err(|e| store_error(self.cx(&format!("deleting {index}")), e))?;
+        self.delete_key(&format!("{id}{INDEX_SUFFIX}"))?;
         Ok(())
     }
 
