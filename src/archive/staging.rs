@@ -859,6 +859,13 @@ mod tests {
         }
     }
 
+    /// A stager for `t`, past our archive's header.
+    fn started(t: &Tree, id: &BackupId) -> Stager {
+        let mut s = Stager::new(&t.cfg, id, false).unwrap();
+        s.header(&t.header()).unwrap();
+        s
+    }
+
     fn feed(s: &mut Stager, name: &str, kind: EntryKind, body: &[u8]) -> Result<(), ArchiveError> {
         let mut data = body;
         s.entry(entry(name, kind, &mut data))
@@ -868,8 +875,7 @@ mod tests {
     fn a_staging_directory_swapped_for_a_link_mid_restore_changes_nothing_outside() {
         let t = tree();
         let id: BackupId = "backup-20260101000000000000".parse().unwrap();
-        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
-        s.header(&t.header()).unwrap();
+        let mut s = started(&t, &id);
         let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
         feed(&mut s, &t.name("media_store/local_content"), EntryKind::Dir, b"").unwrap();
         feed(&mut s, &media("ab"), EntryKind::Dir, b"").unwrap();
@@ -897,8 +903,7 @@ mod tests {
     fn a_chain_of_links_and_a_hard_link_through_it_are_refused() {
         let t = tree();
         let id: BackupId = "backup-20260101000000000000".parse().unwrap();
-        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
-        s.header(&t.header()).unwrap();
+        let mut s = started(&t, &id);
         let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
         feed(&mut s, &media("a"), EntryKind::Dir, b"").unwrap();
         // each of these passed the old textual check, and together they resolve to `/`
@@ -927,8 +932,7 @@ mod tests {
     fn a_directory_the_walk_comes_back_to_keeps_its_metadata() {
         let t = tree();
         let id: BackupId = "backup-20260101000000000000".parse().unwrap();
-        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
-        s.header(&t.header()).unwrap();
+        let mut s = started(&t, &id);
         let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
         feed(&mut s, &t.name("media_store/local_content"), EntryKind::Dir, b"").unwrap();
         feed(&mut s, &media("a"), EntryKind::Dir, b"").unwrap();
@@ -968,8 +972,7 @@ mod tests {
     fn entries_are_never_written_through_a_link_the_archive_made() {
         let t = tree();
         let id: BackupId = "backup-20260101000000000000".parse().unwrap();
-        let mut s = Stager::new(&t.cfg, &id, false).unwrap();
-        s.header(&t.header()).unwrap();
+        let mut s = started(&t, &id);
         let media = |rel: &str| t.name(&format!("media_store/local_content/{rel}"));
         feed(&mut s, &media("sub"), EntryKind::Dir, b"").unwrap();
         feed(&mut s, &media("l"), EntryKind::Symlink("sub".into()), b"").unwrap();
