@@ -29,7 +29,7 @@ use crate::store::{ObjectStore, StoreError};
 /// The longest line an index may hold (a record with a 4096-byte path is far below it).
 const MAX_LINE: u64 = 64 << 10;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexHeader {
     /// The full backup this index describes.
     pub backup_id: String,
@@ -143,11 +143,7 @@ impl IndexReader {
         let plain = crypto::decrypt(SyncRead(std::sync::Mutex::new(object)), passphrase)?;
         let mut r = IndexReader {
             lines: BufReader::new(MultiGzDecoder::new(plain)),
-            header: IndexHeader {
-                backup_id: String::new(),
-                server_name: String::new(),
-                started_ns: 0,
-            },
+            header: IndexHeader::default(),
             next: None,
             line: String::new(),
         };

@@ -71,11 +71,11 @@ impl Restore<'_> {
         let controlled = self.service.controls_synapse();
         self.refuse_if_running()?;
         // a differential needs its full: make sure it is there before anything is downloaded
-        let base = match &info.meta.base {
+        let base_info = match &info.meta.base {
             Some(base) if info.meta.is_differential() => Some(self.base_info(base)?),
             _ => None,
         };
-        let base_size = base.as_ref().map_or(0, |b| b.size);
+        let base_size = base_info.as_ref().map_or(0, |b| b.size);
         self.check_free_space(info.size + base_size)?;
         let mut stager = Stager::new(cfg, self.id, self.force)?;
         // how far along: the share of the object (and its base) downloaded
@@ -86,7 +86,10 @@ impl Restore<'_> {
         let summary = archive::read(object, self.passphrase, &mut stager, &progress)?;
         // the manifest inside says whether it is a differential (the store's metadata may be lost)
         if let Some(base) = summary.header.as_ref().and_then(|h| h.base.as_deref()) {
-            let base = self.base_info(base)?;
+            let base = match &base_info {
+                Some(known) if known.id.as_str() == base => known.clone(),
+                _ => self.base_info(base)?,
+            };
             let object = Box::new(CountInto::new(self.store.get(&base.id)?, gauge.clone()));
             let mut from_base = stager.from_base(base.id.clone())?;
             archive::read(object, self.passphrase, &mut from_base, &progress)?;
