@@ -2,24 +2,25 @@
 //! runtime and handed to the restore pipeline's (blocking) reader strictly in order.
 //!
 //! The first GET asks for the first range and tells the object's size and ETag; an object no larger
-//! than one range is that one GET. Past it, every range that starts within a window of
-//! `(ranges_in_flight - 1) × range_size` bytes beyond what the reader has taken is fetched by its own
-//! task, and no task takes in a byte beyond that window: a task that gets ahead waits, so at most
-//! `ranges_in_flight` GETs are in flight and the bytes held stay within the window (plus one frame),
-//! kept as the frames hyper gives. Every later GET is pinned with `If-Match` and its answer checked
-//! (ETag, Content-Range), so a replaced object is never spliced in. When a connection drops, or a
-//! stream ends before its range does, the range is asked again from its first missing byte, with
+//! than one range is that one GET. Past it, every range that starts within
+//! `(ranges_in_flight - 1) × range_size` bytes beyond what the reader has taken has its GET sent by
+//! its own task, and no task takes in a byte beyond `held_ahead`: a task that gets ahead waits with
+//! the rest of its answer unread. What is taken in is copied out of hyper's frames into 256 KiB
+//! chunks from a shared pool, so hyper's read buffers are reused at once and what is held is what
+//! the window allows. Every later GET is pinned with `If-Match` and its answer checked (ETag,
+//! Content-Range), so a replaced object is never spliced in. When a connection drops, or a stream
+//! ends before its range does, the range is asked again from its first missing byte, with
 //! back-off, before giving up. Dropping the reader aborts every range task.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -30,22 +31,28 @@ use crate::store::StoreError;
 
 /// Attempts to resume a range after a dropped connection without any progress in between.
 const RESUME_ATTEMPTS: u32 = 5;
-/// Bytes a range task gathers before waking the reader (hyper's frames are often a few KiB).
-const BATCH: usize = 256 << 10;
+/// Bytes a range task gathers into one chunk before waking the reader (hyper's frames are often
+/// a few KiB).
+const CHUNK: usize = 256 << 10;
 
-/// How a download is split into ranged GETs. The defaults keep nine GETs of 2 MiB in flight
-/// (per-connection speed is what limits one GET, on S3 as on s3s-fs) with 16 MiB held at most,
-/// which keeps a whole `restore` under 64 MiB RSS with a margin (ten reached 61 MiB). Against
-/// s3s-fs on 2 cores, ranges of 2 MiB, eight to ten in flight, restored 11–20% faster than four of
-/// 4 MiB (medians of 5 interleaved runs) and cost the server less CPU: its connections wait less
-/// often for the reader. Tests use small ranges to exercise many of them.
+/// How a download is split into ranged GETs. One GET is limited by its connection's speed (on S3
+/// as on s3s-fs, ~30–40 MB/s per connection here), so many are in flight; what bounds memory is
+/// `held_ahead`, the bytes the range tasks may take in ahead of the reader. A GET beyond that waits
+/// with its answer unread: the kernel's socket buffer holds what the server sent meanwhile (at most
+/// its range), and the server's writes wait. The defaults, 20 GETs of 2 MiB with 16 MiB held, keep a
+/// whole `restore` under 64 MiB RSS with a margin. Against s3s-fs on 2 cores they took the bare
+/// download from 3.2–3.3 s to 2.5–2.7 s (764 MB) against nine GETs with all of their bytes held;
+/// see docs/performance.md. Tests use small ranges to exercise many of them.
 #[derive(Debug, Clone, Copy)]
 pub struct DownloadTuning {
     /// Bytes per ranged GET; an object no larger is one GET.
     pub range_size: u64,
-    /// Ranged GETs in flight at most (at least 2); the bytes held ahead of the reader stay within
-    /// `(ranges_in_flight - 1) × range_size`.
+    /// Ranged GETs in flight at most (at least 2): every range that starts within
+    /// `(ranges_in_flight - 1) × range_size` of the reader has its GET sent.
     pub ranges_in_flight: usize,
+    /// Bytes the range tasks may take in beyond what the reader has taken (at least one range). A
+    /// GET further ahead waits with its answer unread, which the kernel's socket buffer holds.
+    pub held_ahead: u64,
     /// The pause before resuming a dropped range; it doubles with each attempt that brings nothing.
     pub resume_delay: Duration,
 }
@@ -54,7 +61,8 @@ impl Default for DownloadTuning {
     fn default() -> Self {
         DownloadTuning {
             range_size: 2 << 20,
-            ranges_in_flight: 9,
+            ranges_in_flight: 20,
+            held_ahead: 16 << 20,
             resume_delay: Duration::from_millis(500),
         }
     }
@@ -66,9 +74,14 @@ impl DownloadTuning {
         (self.range_size / 4).clamp(1, 1 << 20)
     }
 
+    /// Bytes past what the reader has taken within which ranges are asked for.
+    fn lookahead(&self) -> u64 {
+        self.range_size.max(1) * (self.ranges_in_flight.max(2) as u64 - 1)
+    }
+
     /// Bytes past what the reader has taken that the range tasks may take in.
     fn window(&self) -> u64 {
-        self.range_size.max(1) * (self.ranges_in_flight.max(2) as u64 - 1)
+        self.held_ahead.clamp(self.range_size.max(1), self.lookahead())
     }
 }
 
@@ -80,15 +93,38 @@ struct Object {
     /// Pinned on every GET after the first (`None` if the server gave none).
     etag: Option<String>,
     tuning: DownloadTuning,
+    chunks: ChunkPool,
+    /// Time range tasks spent waiting at the window's edge, summed (µs): the reader was behind.
+    stalled_us: std::sync::atomic::AtomicU64,
+}
+
+/// Chunk buffers, reused: a download allocates about a window's worth once.
+#[derive(Default)]
+struct ChunkPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl ChunkPool {
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    fn give(&self, mut chunk: Vec<u8>) {
+        if chunk.capacity() == CHUNK {
+            chunk.clear();
+            self.free.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
+        }
+    }
 }
 
 pub(super) struct S3Download {
     object: Arc<Object>,
     /// Ranges handed to tasks and not yet read to their end, in order.
     ranges: VecDeque<Fetch>,
-    current: Bytes,
-    /// The rest of the batch `current` came in.
-    batch: std::vec::IntoIter<Bytes>,
+    /// The chunk being read and how far.
+    current: Vec<u8>,
+    at: usize,
     /// Bytes taken from the ranges so far (`current` included): where the window starts.
     taken: u64,
     /// The `taken` last told to the range tasks: told every `WINDOW_STEP`, and before waiting.
@@ -97,11 +133,14 @@ pub(super) struct S3Download {
     next: u64,
     window: watch::Sender<u64>,
     rt: Arc<Runtime>,
+    /// Time the reader waited for the next chunk, and how often (for the debug log).
+    waited: Duration,
+    waits: u32,
 }
 
 struct Fetch {
     end: u64,
-    rx: mpsc::UnboundedReceiver<io::Result<Vec<Bytes>>>,
+    rx: mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
     task: JoinHandle<()>,
 }
 
@@ -131,17 +170,21 @@ impl S3Download {
             size,
             etag: first.e_tag,
             tuning,
+            chunks: ChunkPool::default(),
+            stalled_us: Default::default(),
         });
         let mut download = S3Download {
             object,
             ranges: VecDeque::new(),
-            current: Bytes::new(),
-            batch: Vec::new().into_iter(),
+            current: Vec::new(),
+            at: 0,
             taken: 0,
             published: 0,
             next: 0,
             window: watch::Sender::new(0),
             rt,
+            waited: Duration::ZERO,
+            waits: 0,
         };
         download.spawn(first_range, Some(first.body));
         download.spawn_ahead();
@@ -151,7 +194,7 @@ impl S3Download {
     /// Hands every range that starts within the window to a task.
     fn spawn_ahead(&mut self) {
         let tuning = self.object.tuning;
-        let limit = self.object.size.min(self.taken + tuning.window());
+        let limit = self.object.size.min(self.taken + tuning.lookahead());
         while self.next < limit {
             let end = (self.next + tuning.range_size.max(1)).min(self.object.size);
             self.spawn(self.next..end, None);
@@ -185,16 +228,7 @@ impl S3Download {
 
 impl Read for S3Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            if let Some(frame) = self.batch.next() {
-                self.taken += frame.len() as u64;
-                self.current = frame;
-                if self.taken >= self.published + self.object.tuning.window_step() {
-                    self.publish();
-                    self.spawn_ahead();
-                }
-                continue;
-            }
+        while self.at == self.current.len() {
             if self.ranges.is_empty() {
                 self.publish();
                 self.spawn_ahead();
@@ -209,15 +243,28 @@ impl Read for S3Download {
                     // about to wait: every task may take in up to what has really been read
                     self.publish();
                     self.spawn_ahead();
-                    match self.ranges.front_mut() {
+                    let since = Instant::now();
+                    let next = match self.ranges.front_mut() {
                         Some(head) => head.rx.blocking_recv(),
                         None => return Ok(0),
-                    }
+                    };
+                    self.waited += since.elapsed();
+                    self.waits += 1;
+                    next
                 }
             };
             let end = self.ranges.front().map_or(0, |head| head.end);
             match next {
-                Some(Ok(frames)) => self.batch = frames.into_iter(),
+                Some(Ok(chunk)) => {
+                    self.taken += chunk.len() as u64;
+                    let done = std::mem::replace(&mut self.current, chunk);
+                    self.object.chunks.give(done);
+                    self.at = 0;
+                    if self.taken >= self.published + self.object.tuning.window_step() {
+                        self.publish();
+                        self.spawn_ahead();
+                    }
+                }
                 Some(Err(e)) => return Err(e),
                 None if self.taken == end => {
                     self.ranges.pop_front();
@@ -234,15 +281,26 @@ impl Read for S3Download {
                 }
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
+        let rest = &self.current[self.at..];
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
         Ok(n)
     }
 }
 
 impl Drop for S3Download {
     fn drop(&mut self) {
+        tracing::debug!(
+            "downloading {}: {} of {} bytes; the reader waited {:.2} s for the store ({} times), range tasks \
+             waited {:.2} s (summed) for the reader",
+            self.object.key,
+            self.taken,
+            self.object.size,
+            self.waited.as_secs_f64(),
+            self.waits,
+            self.object.stalled_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
+        );
         for fetch in &self.ranges {
             fetch.task.abort();
         }
@@ -326,7 +384,7 @@ async fn fetch(
     object: Arc<Object>,
     range: Range<u64>,
     mut body: Option<ByteStream>,
-    tx: mpsc::UnboundedSender<io::Result<Vec<Bytes>>>,
+    tx: mpsc::UnboundedSender<io::Result<Vec<u8>>>,
     mut window: watch::Receiver<u64>,
 ) {
     let mut pos = range.start;
@@ -371,25 +429,31 @@ enum Pumped {
     Broken(String),
 }
 
-/// Forwards the body's frames to the reader in batches of about `BATCH` bytes (one wake-up of
-/// the reader per batch, not per frame), waiting while `pos` is beyond the window. Every frame
-/// counted in `pos` is sent before this returns.
+/// Copies the body's frames into chunks of `CHUNK` bytes and sends each full one to the reader
+/// (one wake-up of the reader per chunk, not per frame), waiting while `pos` is beyond the window.
+/// Every byte counted in `pos` is sent before this returns.
 async fn pump(
     object: &Object,
     body: &mut ByteStream,
     pos: &mut u64,
     end: u64,
-    tx: &mpsc::UnboundedSender<io::Result<Vec<Bytes>>>,
+    tx: &mpsc::UnboundedSender<io::Result<Vec<u8>>>,
     window: &mut watch::Receiver<u64>,
 ) -> Pumped {
     let ahead = object.tuning.window();
-    let mut batch = Batch::default();
+    let mut chunk = Vec::new();
     let outcome = loop {
         if *pos < end && *pos >= *window.borrow() + ahead {
-            if !batch.send(tx) {
+            if !send(tx, &mut chunk) {
                 return Pumped::Done;
             }
-            if window.wait_for(|taken| *pos < taken + ahead).await.is_err() {
+            let since = Instant::now();
+            let reader_gone = window.wait_for(|taken| *pos < taken + ahead).await.is_err();
+            let waited = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            object
+                .stalled_us
+                .fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+            if reader_gone {
                 return Pumped::Done;
             }
         }
@@ -401,40 +465,49 @@ async fn pump(
             }
             Some(Ok(frame)) => {
                 *pos += frame.len() as u64;
-                batch.push(frame);
-                if (batch.bytes >= BATCH || *pos == end) && !batch.send(tx) {
+                if !gather(object, tx, &mut chunk, &frame) {
+                    return Pumped::Done;
+                }
+                if *pos == end && !send(tx, &mut chunk) {
                     return Pumped::Done;
                 }
             }
             Some(Err(e)) => break Pumped::Broken(format!("the connection dropped ({})", causes(&e))),
         }
     };
-    if !batch.send(tx) {
+    if !send(tx, &mut chunk) {
         return Pumped::Done;
     }
     outcome
 }
 
-#[derive(Default)]
-struct Batch {
-    frames: Vec<Bytes>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn push(&mut self, frame: Bytes) {
-        if !frame.is_empty() {
-            self.bytes += frame.len();
-            self.frames.push(frame);
+/// Copies `frame` into `chunk` (taken from the pool when empty), sending each chunk that fills;
+/// false when the reader is gone.
+fn gather(
+    object: &Object,
+    tx: &mpsc::UnboundedSender<io::Result<Vec<u8>>>,
+    chunk: &mut Vec<u8>,
+    frame: &Bytes,
+) -> bool {
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        if chunk.capacity() == 0 {
+            *chunk = object.chunks.take();
+        }
+        let n = rest.len().min(chunk.capacity() - chunk.len());
+        chunk.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if chunk.len() == chunk.capacity() && !send(tx, chunk) {
+            return false;
         }
     }
+    true
+}
 
-    /// Sends what is gathered; false when the reader is gone.
-    fn send(&mut self, tx: &mpsc::UnboundedSender<io::Result<Vec<Bytes>>>) -> bool {
-        self.bytes = 0;
-        let frames = std::mem::take(&mut self.frames);
-        frames.is_empty() || tx.send(Ok(frames)).is_ok()
-    }
+/// Sends what `chunk` holds, if anything; false when the reader is gone.
+fn send(tx: &mpsc::UnboundedSender<io::Result<Vec<u8>>>, chunk: &mut Vec<u8>) -> bool {
+    let chunk = std::mem::take(chunk);
+    chunk.is_empty() || tx.send(Ok(chunk)).is_ok()
 }
 
 #[cfg(test)]
@@ -461,13 +534,20 @@ mod tests {
         let t = DownloadTuning {
             range_size: 8,
             ranges_in_flight: 1,
+            held_ahead: 8,
             resume_delay: Duration::ZERO,
         };
         assert_eq!(t.window(), 8);
         let t = DownloadTuning {
             ranges_in_flight: 4,
+            held_ahead: u64::MAX,
             ..t
         };
-        assert_eq!(t.window(), 24);
+        assert_eq!((t.lookahead(), t.window()), (24, 24));
+        // fewer bytes held than asked for, but never less than a range
+        let t = DownloadTuning { held_ahead: 10, ..t };
+        assert_eq!((t.lookahead(), t.window()), (24, 10));
+        let t = DownloadTuning { held_ahead: 3, ..t };
+        assert_eq!((t.lookahead(), t.window()), (24, 8));
     }
 }
