@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The benchmark's S3 mode: in one run, against one s3s-fs on loopback,
-#   - create/restore with synapse-backup (tar → gzip → OpenPGP → multipart upload, and back),
-#   - the reference charm's pipelines: tar | gpg --symmetric | aws s3 cp -   and
-#     aws s3 cp - | gpg -d | tar -x,
-#   - bare transfers of an object the size of our backup, the limits to approach: one SigV4 PUT and
-#     one GET (curl), awscli's multipart upload (the floor for a stream, whose size is not known up
-#     front), and four ranged GETs at once (curl), as our restore makes.
-# Prints MB/s (of the backed-up source bytes; of the object's bytes for the bare transfer), the
-# ratios, each run's peak RSS, and the CPU time s3s-fs spent on it (it shares this machine's cores).
+#   - create with synapse-backup (tar → gzip → OpenPGP → multipart upload) against the reference
+#     charm's pipeline (tar | gpg --symmetric | aws s3 cp -), and the bare uploads of an object of
+#     the backup's size: one SigV4 PUT (curl) and awscli's multipart upload (the floor for a stream,
+#     whose size is not known up front);
+#   - restore, RESTORE_ROUNDS rounds (default 3), each interleaving our S3 restore; awscli's bare
+#     download of our object to a file (its defaults: 8 MiB ranges, 10 at once); our download alone,
+#     through the S3 store into nothing (examples/s3_download); our restore of the same backup from a
+#     local directory store (the file awscli downloaded); and the reference pipeline
+#     (aws s3 cp - | gpg -d | tar -x). Then the medians, the ratios, and where our S3 restore's time
+#     went (staging; the final check and sync; how long its reader waited for the download).
+# Prints MB/s (of the backed-up source bytes; of the object's bytes for the bare transfers), each
+# run's peak RSS, and the CPU time s3s-fs spent on it (it shares this machine's cores).
 #
 # Usage: bench/s3.sh [SIZE]          SIZE of media in the fixture, default 1G (use 64M to try it out)
 # Env:   FIXTURE=DIR  reuse a fixture tree made by `cargo xtask fixture make` (left as it is: restores go elsewhere)
 #        BIN=PATH     the synapse-backup binary (default: target/release/synapse-backup, built if absent)
+#        RESTORE_ROUNDS=N  rounds of the interleaved restores (default 3)
 # Needs: s3s-fs, awscli, gpg, curl ≥ 7.75, /usr/bin/time (.ci/install-s3-servers.sh, WITH_AWSCLI=1).
 set -euo pipefail
 
@@ -24,6 +29,9 @@ done
 if [ ! -x "$BIN" ]; then
     (cd "$REPO" && cargo build --release --quiet)
 fi
+DOWNLOAD=$REPO/target/release/examples/s3_download
+(cd "$REPO" && cargo build --release --quiet --example s3_download)
+ROUNDS=${RESTORE_ROUNDS:-3}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/synapse-backup-s3-bench.XXXXXX")
 SERVER_PID=
@@ -101,28 +109,7 @@ run "tar | gpg --symmetric | aws s3 cp -" bash -o pipefail -c "
     | $TIME_EACH ${AWS[*]} s3 cp --only-show-errors - s3://bench/reference.tar.gpg"
 REF_CREATE=$SECS; REF_CREATE_RSS=$(sort -n "$WORK/ref-rss" | tail -1); REF_CREATE_SRV=$SRV
 
-# ---- restore: both into empty directories (a server that lost its data). Nothing is deleted just
-# before: ext4 without a journal (this machine's root) will not reuse an inode freed in the last
-# minute (five, while its inode-table block is dirty) and scans past each one for every new file,
-# which doubled restore times here and would measure this script, not the tools. A `sync` before
-# each restore: our restore ends with a syncfs, which must not write what the other left behind ----
-sync
-RESTORE_REF=$WORK/reference-restore; mkdir "$RESTORE_REF"
-: >"$WORK/ref-rss"
-run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
-    $TIME_EACH ${AWS[*]} s3 cp --only-show-errors s3://bench/reference.tar.gpg - \
-    | $TIME_EACH gpg --batch --quiet --decrypt --pinentry-mode loopback --passphrase-file '$PASSFILE' \
-    | $TIME_EACH tar -x -C '$RESTORE_REF'"
-REF_RESTORE=$SECS; REF_RESTORE_RSS=$(sort -n "$WORK/ref-rss" | tail -1); REF_RESTORE_SRV=$SRV
-sync
-RESTORE_OURS=$WORK/ours-restore; mkdir "$RESTORE_OURS"
-sed "s#$DATA/#$RESTORE_OURS/#g" "$CONFIG" >"$WORK/ours-restore.yaml"
-run "synapse-backup restore" "$BIN" "${OURS[@]}" --synapse-config "$WORK/ours-restore.yaml" restore "$ID" >/dev/null
-OUR_RESTORE=$SECS; OUR_RESTORE_RSS=$RSS; OUR_RESTORE_SRV=$SRV
-[ -f "$RESTORE_OURS/homeserver.db" ] || { echo "our restore did not land in $RESTORE_OURS" >&2; exit 1; }
-rm -rf "$RESTORE_REF" "$RESTORE_OURS"
-
-# ---- the limits: bare transfers of an object of our backup's size, no archive work at all ----
+# ---- the bare uploads: an object of our backup's size, no archive work at all ----
 head -c "$OBJECT_BYTES" /dev/urandom >"$WORK/object"
 CURLCFG=$WORK/curl.cfg
 printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nsilent\nshow-error\nfail\n' \
@@ -138,42 +125,101 @@ sync
 run "bare multipart upload (awscli)" "${AWS[@]}" s3 cp --only-show-errors "$WORK/object" s3://bench/bare-multipart
 BARE_MPU=$SECS; BARE_MPU_SRV=$SRV
 rm -f "$WORK/object"
-run "bare GET (curl)" "${CURL[@]}" -o /dev/null "$ENDPOINT/bench/bare"
-BARE_GET=$SECS; BARE_GET_SRV=$SRV
-# four ranged GETs at once, as our restore does (one GET is bound by s3s-fs's 4 KiB reads)
-QUARTER=$(( (OBJECT_BYTES + 3) / 4 ))
-run "bare GET, 4 ranges at once (curl)" bash -c "
-    for i in 0 1 2 3; do
-        ${CURL[*]@Q} -r \$((i * $QUARTER))-\$(((i + 1) * $QUARTER - 1)) -o /dev/null '$ENDPOINT/bench/bare' &
-    done
-    wait"
-BARE_RGET=$SECS; BARE_RGET_SRV=$SRV
+"${AWS[@]}" s3 rm --only-show-errors s3://bench/bare
+"${AWS[@]}" s3 rm --only-show-errors s3://bench/bare-multipart
+
+# ---- restore: every contender into an empty directory (a server that lost its data), RESTORE_ROUNDS
+# rounds, interleaved so that the machine's noise falls on all of them alike. Nothing is deleted
+# until the end: ext4 without a journal (this machine's root) will not reuse an inode freed in the
+# last minute (five, while its inode-table block is dirty) and scans past each one for every new
+# file, which doubled restore times here and would measure this script, not the tools. A `sync`
+# before each: our restore ends with a syncfs, which must not write what another left behind ----
+OBJECT_KEY=synapse/$ID
+STORE_DIR=$WORK/dir-store # a local directory store: our object, as awscli downloaded it
+mkdir "$STORE_DIR"
+"${AWS[@]}" s3 cp --only-show-errors "s3://bench/$OBJECT_KEY.index" "$STORE_DIR/$ID.index" 2>/dev/null || true
+restore_config() { # DIR: makes it, and DIR.yaml, a homeserver.yaml whose data paths are in DIR
+    mkdir "$1"
+    sed "s#$DATA/#$1/#g" "$CONFIG" >"$1.yaml"
+}
+# the median of the numbers on stdin
+median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+keep() { echo "$2" >>"$WORK/fig.$1"; } # NAME VALUE: one round's figure
+med() { median <"$WORK/fig.$1"; }
+runs() { tr "\n" " " <"$WORK/fig.$1"; }
+# the seconds in "… in 6.9s" / "… at 8.3s" of our restore's log
+logged() { grep -o "$1 [0-9.]*s" "$2" | grep -o "[0-9.]*" | tail -1; }
+LOG_FILTER=synapse_backup::commands::restore=info,synapse_backup::store::s3::download=debug
+for round in $(seq "$ROUNDS"); do
+    echo "restore round $round of $ROUNDS" >&2
+    restore_config "$WORK/ours-$round"
+    sync
+    run "synapse-backup restore (S3)" env SYNAPSE_BACKUP_LOG=$LOG_FILTER "$BIN" "${OURS[@]}" \
+        --synapse-config "$WORK/ours-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/ours-$round.log"
+    [ -f "$WORK/ours-$round/homeserver.db" ] || {
+        echo "our restore did not land in $WORK/ours-$round" >&2; cat "$WORK/ours-$round.log" >&2; exit 1; }
+    keep s3 "$SECS"; keep s3_rss "$RSS"; keep s3_srv "$SRV"
+    keep s3_staged "$(logged "files in" "$WORK/ours-$round.log")"
+    keep s3_synced "$(logged "synced at" "$WORK/ours-$round.log")"
+    keep s3_waited "$(grep -o "reader waited [0-9.]*" "$WORK/ours-$round.log" | grep -o "[0-9.]*$" | tail -1)"
+    sync
+    run "awscli download to a file" "${AWS[@]}" s3 cp --only-show-errors "s3://bench/$OBJECT_KEY" "$WORK/download-$round"
+    keep aws "$SECS"; keep aws_rss "$RSS"; keep aws_srv "$SRV"
+    [ -f "$STORE_DIR/$ID" ] || mv "$WORK/download-$round" "$STORE_DIR/$ID"
+    run "our download alone (examples/s3_download)" "$DOWNLOAD" "$ENDPOINT" bench "$OBJECT_KEY" >/dev/null
+    keep dl "$SECS"; keep dl_rss "$RSS"; keep dl_srv "$SRV"
+    restore_config "$WORK/local-$round"
+    sync
+    run "synapse-backup restore (local store)" "$BIN" --store "$STORE_DIR" --quiet \
+        --synapse-config "$WORK/local-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/local-$round.log"
+    keep local "$SECS"; keep local_rss "$RSS"
+    mkdir "$WORK/reference-$round"
+    : >"$WORK/ref-rss"
+    sync
+    run "aws s3 cp - | gpg -d | tar -x" bash -o pipefail -c "
+        $TIME_EACH ${AWS[*]} s3 cp --only-show-errors s3://bench/reference.tar.gpg - \
+        | $TIME_EACH gpg --batch --quiet --decrypt --pinentry-mode loopback --passphrase-file '$PASSFILE' \
+        | $TIME_EACH tar -x -C '$WORK/reference-$round'"
+    keep ref "$SECS"; keep ref_rss "$(sort -n "$WORK/ref-rss" | tail -1)"; keep ref_srv "$SRV"
+done
+rm -rf "$WORK"/ours-* "$WORK"/local-* "$WORK"/reference-* "$WORK"/download-*
 
 # ---- the report ----
 row() { # label seconds bytes [rss KiB] server-cpu
     local rss=${4:+$(($4 / 1024)) MiB}
-    printf '%-40s %8s %7s %9s %9s\n' "$1" "$2" "$(mbps "$3" "$2")" "${rss:--}" "$5"
+    printf '%-44s %8s %7s %9s %9s\n' "$1" "$2" "$(mbps "$3" "$2")" "${rss:--}" "$5"
 }
-budget() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-CREATE_BUDGET=$(budget "$REF_CREATE" 4)
-RESTORE_BUDGET=$(budget "$REF_RESTORE" 2)
+mrow() { # label NAME bytes: the medians of one restore contender
+    local rss= srv=-
+    [ -f "$WORK/fig.$2_rss" ] && rss=$(med "$2_rss")
+    [ -f "$WORK/fig.$2_srv" ] && srv=$(med "$2_srv")
+    row "$1" "$(med "$2")" "$3" "$rss" "$srv"
+}
+S3=$(med s3); AWSDL=$(med aws); LOCAL=$(med local); REF=$(med ref); DL=$(med dl)
 cat <<EOF
 
 S3 mode (s3s-fs on loopback), $((SOURCE_BYTES / 1000000)) MB of Synapse data, backup object $((OBJECT_BYTES / 1000000)) MB
-                                          seconds    MB/s  peak RSS  s3s-fs CPU s
+                                              seconds    MB/s  peak RSS  s3s-fs CPU s
 $(row "synapse-backup create" "$OUR_CREATE" "$SOURCE_BYTES" "$OUR_CREATE_RSS" "$OUR_CREATE_SRV")
 $(row "tar | gpg --symmetric | aws s3 cp -" "$REF_CREATE" "$SOURCE_BYTES" "$REF_CREATE_RSS" "$REF_CREATE_SRV")
 $(row "bare PUT, one request (curl)" "$BARE_PUT" "$OBJECT_BYTES" "" "$BARE_PUT_SRV")
 $(row "bare multipart upload (awscli)" "$BARE_MPU" "$OBJECT_BYTES" "" "$BARE_MPU_SRV")
-$(row "synapse-backup restore" "$OUR_RESTORE" "$SOURCE_BYTES" "$OUR_RESTORE_RSS" "$OUR_RESTORE_SRV")
-$(row "aws s3 cp - | gpg -d | tar -x" "$REF_RESTORE" "$SOURCE_BYTES" "$REF_RESTORE_RSS" "$REF_RESTORE_SRV")
-$(row "bare GET, one request (curl)" "$BARE_GET" "$OBJECT_BYTES" "" "$BARE_GET_SRV")
-$(row "bare GET, 4 ranges at once (curl)" "$BARE_RGET" "$OBJECT_BYTES" "" "$BARE_RGET_SRV")
+restore, medians of $ROUNDS interleaved rounds:
+$(mrow "synapse-backup restore (S3)" s3 "$SOURCE_BYTES")
+$(mrow "awscli download of our object to a file" aws "$OBJECT_BYTES")
+$(mrow "our download alone (S3 store into nothing)" dl "$OBJECT_BYTES")
+$(mrow "synapse-backup restore (local store)" local "$SOURCE_BYTES")
+$(mrow "aws s3 cp - | gpg -d | tar -x" ref "$SOURCE_BYTES")
 
-create:  $(ratio "$REF_CREATE" "$OUR_CREATE")× the gpg+awscli pipeline (target ≥ 4×: ≤ ${CREATE_BUDGET} s)
-         $(ratio "$OUR_CREATE" "$BARE_MPU")× the time of the bare multipart upload, which alone takes $(ratio "$BARE_MPU" "$CREATE_BUDGET")× that budget
-         $(ratio "$OUR_CREATE" "$BARE_PUT")× the time of the bare single PUT (not an option for a stream of unknown size)
-restore: $(ratio "$REF_RESTORE" "$OUR_RESTORE")× the gpg+awscli pipeline (target ≥ 2×: ≤ ${RESTORE_BUDGET} s)
-         $(ratio "$OUR_RESTORE" "$BARE_RGET")× the time of the bare 4-range GET, which alone takes $(ratio "$BARE_RGET" "$RESTORE_BUDGET")× that budget
-peak RSS: create $((OUR_CREATE_RSS / 1024)) MiB, restore $((OUR_RESTORE_RSS / 1024)) MiB (target ≤ 64 MiB)
+each round (s): S3 restore $(runs s3)| awscli download $(runs aws)| our download $(runs dl)
+                local-store restore $(runs local)| reference $(runs ref)
+our S3 restore (medians): read and staged in $(med s3_staged) s, checked and synced at $(med s3_synced) s;
+                its reader waited $(med s3_waited) s in all for the download
+
+create:  $(ratio "$REF_CREATE" "$OUR_CREATE")× the gpg+awscli pipeline's speed
+         $(ratio "$OUR_CREATE" "$BARE_MPU")× the time of awscli's bare multipart upload of the same bytes
+restore: $(ratio "$S3" "$AWSDL")× the time of awscli's bare download of our object (target ≤ 1.3×)
+         $(ratio "$REF" "$S3")× the gpg+awscli pipeline's speed
+         our download alone takes $(ratio "$DL" "$AWSDL")× awscli's time, the local-store restore $(ratio "$LOCAL" "$AWSDL")×
+peak RSS: create $((OUR_CREATE_RSS / 1024)) MiB, S3 restore $(($(med s3_rss) / 1024)) MiB (target ≤ 64 MiB)
 EOF
