@@ -5,7 +5,8 @@
 #     the backup's size: one SigV4 PUT (curl) and awscli's multipart upload (the floor for a stream,
 #     whose size is not known up front);
 #   - restore, RESTORE_ROUNDS rounds (default 3), each interleaving our S3 restore; awscli's bare
-#     download of our object to a file (its defaults: 8 MiB ranges, 10 at once); our download alone,
+#     download of our object to a file (its defaults: 8 MiB ranges, 10 at once) and to stdout (into
+#     /dev/null: the transfer without the file's page-cache writes); our download alone,
 #     through the S3 store into nothing (examples/s3_download); our restore of the same backup from a
 #     local directory store (the file awscli downloaded); and the reference pipeline
 #     (aws s3 cp - | gpg -d | tar -x). Then the medians, the ratios, and where our S3 restore's time
@@ -150,12 +151,13 @@ runs() { tr "\n" " " <"$WORK/fig.$1"; }
 # the seconds in "… in 6.9s" / "… at 8.3s" of our restore's log
 logged() { grep -o "$1 [0-9.]*s" "$2" | grep -o "[0-9.]*" | tail -1; }
 LOG_FILTER=synapse_backup::commands::restore=info,synapse_backup::store::s3::download=debug
+failed() { echo "bench/s3.sh: the restore into $WORK/$1 failed:" >&2; cat "$WORK/$1.log" >&2; exit 1; }
 for round in $(seq "$ROUNDS"); do
     echo "restore round $round of $ROUNDS" >&2
     restore_config "$WORK/ours-$round"
     sync
     run "synapse-backup restore (S3)" env SYNAPSE_BACKUP_LOG=$LOG_FILTER "$BIN" "${OURS[@]}" \
-        --synapse-config "$WORK/ours-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/ours-$round.log"
+        --synapse-config "$WORK/ours-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/ours-$round.log" || failed ours-$round
     [ -f "$WORK/ours-$round/homeserver.db" ] || {
         echo "our restore did not land in $WORK/ours-$round" >&2; cat "$WORK/ours-$round.log" >&2; exit 1; }
     keep s3 "$SECS"; keep s3_rss "$RSS"; keep s3_srv "$SRV"
@@ -166,12 +168,15 @@ for round in $(seq "$ROUNDS"); do
     run "awscli download to a file" "${AWS[@]}" s3 cp --only-show-errors "s3://bench/$OBJECT_KEY" "$WORK/download-$round"
     keep aws "$SECS"; keep aws_rss "$RSS"; keep aws_srv "$SRV"
     [ -f "$STORE_DIR/$ID" ] || mv "$WORK/download-$round" "$STORE_DIR/$ID"
+    # the same download with nothing written (awscli writes a stream in order, as we read one)
+    run "awscli download to stdout (into /dev/null)" "${AWS[@]}" s3 cp --only-show-errors "s3://bench/$OBJECT_KEY" - >/dev/null
+    keep aws_null "$SECS"; keep aws_null_rss "$RSS"; keep aws_null_srv "$SRV"
     run "our download alone (examples/s3_download)" "$DOWNLOAD" "$ENDPOINT" bench "$OBJECT_KEY" >/dev/null
     keep dl "$SECS"; keep dl_rss "$RSS"; keep dl_srv "$SRV"
     restore_config "$WORK/local-$round"
     sync
     run "synapse-backup restore (local store)" "$BIN" --store "$STORE_DIR" --quiet \
-        --synapse-config "$WORK/local-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/local-$round.log"
+        --synapse-config "$WORK/local-$round.yaml" restore "$ID" >/dev/null 2>"$WORK/local-$round.log" || failed local-$round
     keep local "$SECS"; keep local_rss "$RSS"
     mkdir "$WORK/reference-$round"
     : >"$WORK/ref-rss"
@@ -207,11 +212,12 @@ $(row "bare multipart upload (awscli)" "$BARE_MPU" "$OBJECT_BYTES" "" "$BARE_MPU
 restore, medians of $ROUNDS interleaved rounds:
 $(mrow "synapse-backup restore (S3)" s3 "$SOURCE_BYTES")
 $(mrow "awscli download of our object to a file" aws "$OBJECT_BYTES")
+$(mrow "awscli download of it to stdout (/dev/null)" aws_null "$OBJECT_BYTES")
 $(mrow "our download alone (S3 store into nothing)" dl "$OBJECT_BYTES")
 $(mrow "synapse-backup restore (local store)" local "$SOURCE_BYTES")
 $(mrow "aws s3 cp - | gpg -d | tar -x" ref "$SOURCE_BYTES")
 
-each round (s): S3 restore $(runs s3)| awscli download $(runs aws)| our download $(runs dl)
+each round (s): S3 restore $(runs s3)| awscli download $(runs aws)| to stdout $(runs aws_null)| our download $(runs dl)
                 local-store restore $(runs local)| reference $(runs ref)
 our S3 restore (medians): read and staged in $(med s3_staged) s, checked and synced at $(med s3_synced) s;
                 its reader waited $(med s3_waited) s in all for the download
@@ -220,6 +226,7 @@ create:  $(ratio "$REF_CREATE" "$OUR_CREATE")× the gpg+awscli pipeline's speed
          $(ratio "$OUR_CREATE" "$BARE_MPU")× the time of awscli's bare multipart upload of the same bytes
 restore: $(ratio "$S3" "$AWSDL")× the time of awscli's bare download of our object (target ≤ 1.3×)
          $(ratio "$REF" "$S3")× the gpg+awscli pipeline's speed
-         our download alone takes $(ratio "$DL" "$AWSDL")× awscli's time, the local-store restore $(ratio "$LOCAL" "$AWSDL")×
+         $(ratio "$S3" "$(med aws_null)")× the time of awscli's download of it to stdout, into /dev/null
+         our download alone takes $(ratio "$DL" "$AWSDL")× awscli's time to a file, the local-store restore $(ratio "$LOCAL" "$AWSDL")×
 peak RSS: create $((OUR_CREATE_RSS / 1024)) MiB, S3 restore $(($(med s3_rss) / 1024)) MiB (target ≤ 64 MiB)
 EOF
