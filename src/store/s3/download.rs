@@ -40,9 +40,9 @@ const CHUNK: usize = 256 << 10;
 /// `held_ahead`, the bytes the range tasks may take in ahead of the reader. A GET beyond that waits
 /// with its answer unread: the kernel's socket buffer holds what the server sent meanwhile (at most
 /// its range), and the server's writes wait. The defaults, 20 GETs of 2 MiB with 16 MiB held, keep a
-/// whole `restore` under 64 MiB RSS with a margin. Against s3s-fs on 2 cores they took the bare
-/// download from 3.2–3.3 s to 2.5–2.7 s (764 MB) against nine GETs with all of their bytes held;
-/// see docs/performance.md. Tests use small ranges to exercise many of them.
+/// whole `restore` under 64 MiB RSS with a margin (55 MiB measured). Against s3s-fs on 2 cores the
+/// download alone of 764 MB took 2.8–3.1 s, against 3.2–4.2 s for nine GETs with all of their
+/// bytes held (docs/performance.md). Tests use small ranges to exercise many of them.
 #[derive(Debug, Clone, Copy)]
 pub struct DownloadTuning {
     /// Bytes per ranged GET; an object no larger is one GET.
