@@ -528,11 +528,18 @@ impl<'a> Producer<'a> {
             files: std::mem::take(&mut self.chunk),
         };
         let name = format!("{}{:06}.json", manifest::FILES_PREFIX, self.chunks);
-        self.json(&name, &chunk)
+        // compact: pretty printing puts each name, size and number on a line of its own
+        let body = serde_json::to_vec(&chunk).map_err(|e| write_err(io::Error::other(e)))?;
+        self.manifest_entry(&name, &body)
     }
 
+    /// The header and the summary, for people to read as well (`tar -xz` puts them in a file).
     fn json(&mut self, file: &str, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
         let body = serde_json::to_vec_pretty(value).map_err(|e| write_err(io::Error::other(e)))?;
+        self.manifest_entry(file, &body)
+    }
+
+    fn manifest_entry(&mut self, file: &str, body: &[u8]) -> Result<(), ArchiveError> {
         self.set_level(Level::Small)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
@@ -547,7 +554,7 @@ impl<'a> Producer<'a> {
         );
         header.set_size(body.len() as u64);
         let name = format!("{}/{file}", self.manifest_dir);
-        self.tar.append_data(&mut header, name, &body[..]).map_err(write_err)
+        self.tar.append_data(&mut header, name, body).map_err(write_err)
     }
 }
 
