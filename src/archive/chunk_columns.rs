@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use super::manifest::{FileChunk, FileRecord};
 
 const HASH_BYTES: usize = 32;
-const HASH_HEX: usize = 2 * HASH_BYTES;
 
 /// What is written.
 #[derive(Serialize)]
@@ -155,7 +154,7 @@ mod tests {
         FileRecord {
             path: path.into(),
             size,
-            sha256: fill.to_string().repeat(HASH_HEX),
+            sha256: fill.to_string().repeat(2 * HASH_BYTES),
             base,
         }
     }
