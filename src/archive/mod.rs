@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod pipe;
 pub mod reader;
 pub mod rules;
+mod segments;
 mod stages;
 pub mod staging;
 pub mod swap;
