@@ -7,8 +7,9 @@
 //!
 //! The split balances the two cores: on a media store of small files the walk's syscalls, tar
 //! headers and hashes are about as much work as deflate and encryption together. Memory is
-//! bounded by the channel and the writers' buffers, whatever the tree size: files are streamed, directories are walked one at a time, and the manifest is flushed every
-//! [`manifest::CHUNK`] files.
+//! bounded by the channel and the writers' buffers, whatever the tree size: files are streamed,
+//! directories are walked one at a time, and the manifest is flushed every [`manifest::CHUNK`]
+//! files.
 //!
 //! The walk leaves out what a restore would refuse (see [`super::rules`]: links that point out of
 //! their tree, fifos, sockets and devices, names that are not UTF-8 or too long), so a backup
