@@ -128,6 +128,10 @@ impl ProgressSink for WithGauge<'_> {
         }
         self.inner.report(&p);
     }
+
+    fn shown(&self) -> bool {
+        self.inner.shown()
+    }
 }
 
 /// A reader that counts what passes through into a gauge (the download of a restore).
@@ -152,6 +156,12 @@ impl<R: std::io::Read> std::io::Read for CountInto<R> {
 
 pub trait ProgressSink {
     fn report(&self, p: &Progress);
+
+    /// Whether anything is shown: a sink that shows nothing spares the caller work done only for
+    /// it (a second walk of the tree to learn its size).
+    fn shown(&self) -> bool {
+        true
+    }
 }
 
 /// Reports nothing.
@@ -159,6 +169,10 @@ pub struct Quiet;
 
 impl ProgressSink for Quiet {
     fn report(&self, _: &Progress) {}
+
+    fn shown(&self) -> bool {
+        false
+    }
 }
 
 /// `SYNAPSE_BACKUP_PROGRESS_EVERY_MS` overrides how often progress is reported (the CLI's 2 s,
@@ -203,6 +217,10 @@ impl<S: ProgressSink> ProgressSink for Throttled<S> {
             // the first report only starts the clock: short runs stay silent
             None => self.last.set(Some(now)),
         }
+    }
+
+    fn shown(&self) -> bool {
+        self.inner.shown()
     }
 }
 

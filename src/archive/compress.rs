@@ -21,8 +21,11 @@ pub enum Level {
     Store,
     /// deflate level 1 (zlib-rs's quick deflate: fixed codes, fastest)
     Fast,
-    /// deflate level 2, for runs of small entries: its code tables fit a mix of tar headers and
-    /// random-looking bodies, where level 1's fixed codes spend 9 bits on half the bytes
+    /// deflate level 6, for runs of small entries and the manifest: its code tables fit a mix of
+    /// tar headers and random-looking bodies, where level 1's fixed codes spend 9 bits on half the
+    /// bytes, and its lazy matches find more of each header in the one before (on 300,000 files
+    /// of 200–1,200 bytes: 1.3% smaller than level 2). It runs on the thread that encrypts, which
+    /// waits on the walk at level 2 anyway.
     Small,
 }
 
@@ -180,7 +183,7 @@ impl<W: Write> Deflated<W> {
         inner.write_all(&GZIP_HEADER)?;
         deflate.compress.reset();
         // a fresh stream: nothing to flush before the level changes
-        let level = if level == Level::Small { 2 } else { 1 };
+        let level = if level == Level::Small { 6 } else { 1 };
         deflate
             .compress
             .set_level(Compression::new(level))

@@ -80,9 +80,13 @@ pub fn walk_order(a: (usize, &str), b: (usize, &str)) -> Ordering {
     a.0.cmp(&b.0).then_with(|| a.1.split('/').cmp(b.1.split('/')))
 }
 
+const INDEX_BUFFER: usize = 64 << 10;
+
 /// Writes a full's index as its backup walks the tree.
 pub struct IndexWriter {
-    out: GzEncoder<crypto::Encrypting<BufWriter<File>>>,
+    /// buffered: flate2's encoder zeroes its 32 KiB output buffer on every write, and serde_json
+    /// writes a record in a dozen pieces
+    out: BufWriter<GzEncoder<crypto::Encrypting<BufWriter<File>>>>,
     last: Option<(usize, String)>,
 }
 
@@ -91,7 +95,7 @@ impl IndexWriter {
         let file = tempfile::tempfile().map_err(|e| ArchiveError::io("making the backup's index", e))?;
         let encrypted = crypto::encrypt(BufWriter::new(file), passphrase)?;
         let mut w = IndexWriter {
-            out: GzEncoder::new(encrypted, flate2::Compression::fast()),
+            out: BufWriter::with_capacity(INDEX_BUFFER, GzEncoder::new(encrypted, flate2::Compression::fast())),
             last: None,
         };
         w.line(header)?;
@@ -120,7 +124,8 @@ impl IndexWriter {
     /// Stores the index beside backup `id` (made by now); the bytes stored.
     pub fn store(self, store: &dyn ObjectStore, id: &BackupId) -> Result<u64, ArchiveError> {
         let err = |e: io::Error| ArchiveError::io("writing the backup's index", e);
-        let buffered = self.out.finish().map_err(err)?.finish().map_err(err)?;
+        let gz = self.out.into_inner().map_err(|e| err(e.into_error()))?;
+        let buffered = gz.finish().map_err(err)?.finish().map_err(err)?;
         let mut file = buffered.into_inner().map_err(|e| err(e.into_error()))?;
         file.rewind().map_err(err)?;
         let stored = |e: StoreError| ArchiveError::io("storing the backup's index", io::Error::other(e.to_string()));

@@ -2,7 +2,8 @@
 //! `<signing key's directory>/.synapse-backup/`:
 //! - `header.json`, the first entry: format, tool, time, server_name, database kind, and where each
 //!   role (signing key, database, media store) was on the source server;
-//! - `files-NNNNNN.json`, after every [`CHUNK`] files: their names, sizes and SHA-256;
+//! - `files-NNNNNN.json`, after every [`CHUNK`] files: their names, sizes and SHA-256 (in
+//!   columns since format 2, see [`super::chunk_columns`]);
 //! - `manifest.json`, the last entry: the header again with the totals.
 //!
 //! With stock tools (`gpg -d | tar -xz -C /`) these land in that hidden directory and do no harm.
@@ -85,9 +86,19 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The records of one `files-NNNNNN.json`, written in columns (see [`super::chunk_columns`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "super::chunk_columns::Wire")]
 pub struct FileChunk {
     pub files: Vec<FileRecord>,
+}
+
+impl Serialize for FileChunk {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        super::chunk_columns::Columns::of(self)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

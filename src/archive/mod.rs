@@ -10,6 +10,7 @@
 //! files they describe (so memory stays bounded whatever the tree size), and a summary last.
 
 pub mod cause;
+mod chunk_columns;
 pub mod compress;
 pub mod crypto;
 mod file_writer;
@@ -20,6 +21,7 @@ pub mod manifest;
 pub mod pipe;
 pub mod reader;
 pub mod rules;
+mod segments;
 mod stages;
 pub mod staging;
 pub mod swap;
@@ -47,8 +49,9 @@ pub(crate) fn read_full(r: &mut (impl std::io::Read + ?Sized), buf: &mut [u8]) -
     Ok(n)
 }
 
-/// Archive format version, in the manifest and the object's metadata.
-pub const FORMAT: u32 = 1;
+/// Archive format version, in the manifest and the object's metadata. 2: manifest chunks in
+/// columns (format 1's are still read).
+pub const FORMAT: u32 = 2;
 
 /// The media store's directories a backup carries: what this server's users uploaded and its
 /// thumbnails. `remote_content`, `remote_thumbnail` and `url_cache*` are caches and stay out.

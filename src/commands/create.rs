@@ -192,10 +192,14 @@ impl Create<'_> {
             Kind::Full => self.index_writer(&id, now, &mut notes),
             Kind::Differential => None,
         };
-        // how far along: the tree's size, summed on a thread of its own while the backup runs
+        // how far along: the tree's size, summed on a thread of its own while the backup runs (a
+        // second walk of the tree, on a media store of many small files a third of the work: only
+        // when someone sees it)
         let gauge = Gauge::new();
         let written = std::thread::scope(|s| {
-            s.spawn(|| gauge.set_total(plan.sources.iter().map(|src| size_of(&src.read_from)).sum()));
+            if progress.shown() {
+                s.spawn(|| gauge.set_total(plan.sources.iter().map(|src| size_of(&src.read_from)).sum()));
+            }
             let progress = WithGauge::new(progress, gauge.clone(), Measure::ReportedBytes);
             let delta = match (&mut index, &mut base) {
                 (Some(index), _) => Delta::Index(index),
