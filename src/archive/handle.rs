@@ -11,6 +11,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -200,15 +201,7 @@ impl DirHandle {
     /// The names in this directory (not `.` and `..`).
     pub fn entries(&self) -> io::Result<Vec<OsString>> {
         let fd = rfs::openat(&self.fd, ".", dir_flags(), Mode::empty())?;
-        let mut names = Vec::new();
-        for entry in rfs::Dir::read_from(&fd)? {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(OsStr::from_bytes(name).to_os_string());
-            }
-        }
-        Ok(names)
+        Ok(list(&fd, &mut Vec::new())?.into_iter().map(|(name, _)| name).collect())
     }
 
     /// This directory's own metadata.
@@ -358,6 +351,28 @@ fn is_link(dir: &OwnedFd, name: &OsStr) -> bool {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
+
+/// What the directory open as `dir` holds from its current position (without `.` and `..`):
+/// names and the types the listing gives ([`FileType::Unknown`] on filesystems that do not say),
+/// read through `buf` (sized on first use, reused by a caller that lists many directories).
+pub fn list(dir: impl AsFd, buf: &mut Vec<MaybeUninit<u8>>) -> io::Result<Vec<(OsString, FileType)>> {
+    if buf.is_empty() {
+        buf.resize(LIST_BUF, MaybeUninit::uninit());
+    }
+    let mut entries = rfs::RawDir::new(dir, buf.as_mut_slice());
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push((OsStr::from_bytes(name).to_os_string(), entry.file_type()));
+        }
+    }
+    Ok(out)
+}
+
+/// The buffer a directory's listing is read into: a media store's shards hold a few files each.
+const LIST_BUF: usize = 32 << 10;
 
 #[cfg(test)]
 mod tests {

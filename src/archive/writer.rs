@@ -16,7 +16,7 @@
 //! never holds an entry that would stop its own restore; each one is reported in [`Written`] and
 //! listed in the manifest's summary.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufWriter, Cursor, Read};
 use std::mem::MaybeUninit;
@@ -25,11 +25,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, RawDir};
+use rustix::fs::{FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, HeaderMode};
 
 use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
+use super::handle;
 use super::index::{IndexReader, IndexRecord, IndexWriter};
 use super::manifest::{self, FileChunk, FileRecord, Skipped, Summary, SKIPPED_LISTED};
 use super::rules::{self, Layout};
@@ -428,7 +429,7 @@ impl<'a> Producer<'a> {
         self.tar
             .append_data(&mut header, name, io::empty())
             .map_err(write_err)?;
-        let mut children = list(&dir_fd, &mut self.dir_buf).map_err(|e| read_err(dir, e))?;
+        let mut children = handle::list(&dir_fd, &mut self.dir_buf).map_err(|e| read_err(dir, e))?;
         children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // a regular file is opened without following a link and its metadata read from the open
         // file: no lstat of its own (a differential compares the lstat with its base's first)
@@ -635,28 +636,6 @@ fn open_dir(path: &Path) -> io::Result<fs::File> {
         .custom_flags(libc::O_DIRECTORY)
         .open(path)
 }
-
-/// What the directory `dir` holds (without `.` and `..`): names and the types the listing gives
-/// ([`FileType::Unknown`] on filesystems that do not say).
-fn list(dir: &fs::File, buf: &mut Vec<MaybeUninit<u8>>) -> io::Result<Vec<(OsString, FileType)>> {
-    if buf.is_empty() {
-        buf.resize(DIR_BUF, MaybeUninit::uninit());
-    }
-    let mut entries = RawDir::new(dir, buf.as_mut_slice());
-    let mut out = Vec::new();
-    while let Some(entry) = entries.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        out.push((OsStr::from_bytes(name).to_os_string(), entry.file_type()));
-    }
-    Ok(out)
-}
-
-/// The buffer a directory's listing is read into: a media store's shards hold a few files each.
-const DIR_BUF: usize = 32 << 10;
 
 /// How [`Producer::file`] opens a file: by its path, or (a walked file) by its name in the
 /// directory being walked.
