@@ -4,7 +4,9 @@
 # files of 200–1,200 random bytes, each in its own `local_content/ab/cd/` shard) is backed up and
 # restored by synapse-backup and by the reference pipeline (`tar -c | gpg --batch --symmetric`,
 # `gpg -d | tar -x && sync -f`), side by side in one run. Prints seconds, peak RSS, stored bytes,
-# the ratios ours/reference (below 1 is better) and the time per file. Not part of the test suite:
+# the ratios ours/reference (below 1 is better) and the time per file. Every timed step starts from
+# written-back, dropped caches (as root), and each restore's media and signing key must come back
+# byte-identical to the tree (the run stops otherwise). Not part of the test suite:
 # performance is measured, never asserted.
 #
 #   bench/small_files.sh [COUNT...]         (default 30000 300000)
@@ -47,7 +49,7 @@ measure() { # label, command...
 # (300,000 files: the reference 18.3 s against 11.9 s after a drop, ours 21.0 s against 12.6 s).
 settle() {
   sync
-  [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  [ "$(id -u)" = 0 ] && echo 3 2>/dev/null >/proc/sys/vm/drop_caches || true
 }
 ratio() { python3 -c "print(f'{$1/$2:5.2f}x')"; }
 per_file() { python3 -c "print(f'{$1*1e6/$2:6.1f}')"; }
@@ -75,7 +77,6 @@ for count in "${counts[@]}"; do
   [ -n "$base" ] && tools+=(base)
   declare -A tool_bin=([ours]=$bin [base]=$base)
   rm -rf "$out/small-store-"* "$out/small-ref.gpg"
-  sync
   settle
   measure ref_create bash -c "cd / && tar -c ${paths[*]} 2>/dev/null | gpg ${gpg_opts[*]} --symmetric -o $out/small-ref.gpg"
   for t in "${tools[@]}"; do
@@ -100,8 +101,10 @@ for count in "${counts[@]}"; do
       diff -rq --no-dereference "$p" "$restore/$t/${p#"$tree"/}" >/dev/null ||
         { echo "$t: the restored ${p#"$tree"/} differs from the tree's" >&2; exit 1; }
     done
+    settle
     measure "${t}_verify" "${tool_bin[$t]}" --quiet --synapse-config "$config" --store "$out/small-store-$t" verify "$id"
   done
+  settle
   measure ref_verify bash -c "gpg ${gpg_opts[*]} -d $out/small-ref.gpg | tar -t >/dev/null"
 
   ref_stored=$(stat -c %s "$out/small-ref.gpg")
