@@ -26,15 +26,15 @@ use super::ArchiveError;
 
 /// Bytes handed over at a time, and how many hand-overs may wait: ~2 MiB in flight. Large requests
 /// keep direct I/O near the disk's speed.
-const BUF_SIZE: usize = 512 << 10;
+pub(super) const BUF_SIZE: usize = 512 << 10;
 const QUEUE: usize = 4;
 /// What direct I/O needs of buffer addresses, file offsets and lengths (any device's logical block
 /// size up to 4 KiB).
 const ALIGN: usize = 4096;
 /// Files smaller than this go through the page cache: one direct write is a round trip to the disk.
-const DIRECT_FROM: u64 = 128 << 10;
+pub(super) const DIRECT_FROM: u64 = 128 << 10;
 /// Files smaller than this are written by the caller's thread, not handed over.
-const INLINE_BELOW: u64 = 64 << 10;
+pub(super) const INLINE_BELOW: u64 = 64 << 10;
 
 /// What a finished file gets once its data is written.
 pub struct FileMeta {
@@ -58,13 +58,13 @@ enum Job {
 }
 
 /// `BUF_SIZE` bytes at an `ALIGN`ed address, inside a slightly larger allocation.
-struct Buffer {
+pub(super) struct Buffer {
     bytes: Vec<u8>,
     start: usize,
 }
 
 impl Buffer {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let bytes = vec![0; BUF_SIZE + ALIGN];
         // align_offset may in principle decline (usize::MAX): the window then stays unaligned and
         // direct writes of it fail with EINVAL, which falls back to the page cache
@@ -72,11 +72,11 @@ impl Buffer {
         Buffer { bytes, start }
     }
 
-    fn window(&mut self) -> &mut [u8] {
+    pub(super) fn window(&mut self) -> &mut [u8] {
         &mut self.bytes[self.start..self.start + BUF_SIZE]
     }
 
-    fn filled(&self, n: usize) -> &[u8] {
+    pub(super) fn filled(&self, n: usize) -> &[u8] {
         &self.bytes[self.start..self.start + n]
     }
 }
@@ -222,7 +222,7 @@ fn write_all_jobs(queue: Receiver<Job>, give_back: &Sender<Buffer>) -> Result<()
 
 /// Writes `data` at the file's offset: its aligned part directly when `direct` is on, the rest (a
 /// file's last few bytes, or everything once direct I/O was refused) through the page cache.
-fn write_chunk(file: &mut File, data: &[u8], direct: &mut bool) -> io::Result<()> {
+pub(super) fn write_chunk(file: &mut File, data: &[u8], direct: &mut bool) -> io::Result<()> {
     let mut done = 0;
     if *direct {
         let aligned = data.len() / ALIGN * ALIGN;
@@ -244,7 +244,7 @@ fn write_chunk(file: &mut File, data: &[u8], direct: &mut bool) -> io::Result<()
     file.write_all(&data[done..])
 }
 
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
+pub(super) fn set_direct(file: &File, on: bool) -> io::Result<()> {
     use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
     let flags = fcntl_getfl(file)?;
     let flags = if on {
@@ -257,7 +257,7 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 }
 
 /// Times first (writing changed them), then owner, then mode (a change of owner clears set-id bits).
-fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
+pub(super) fn finish_file(file: &File, meta: &FileMeta) -> io::Result<()> {
     let _ = file.set_modified(meta.mtime);
     if let Some((uid, gid)) = meta.owner {
         std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;

@@ -18,6 +18,7 @@ pub mod from_base;
 pub mod handle;
 pub mod index;
 pub mod manifest;
+mod media_lanes;
 pub mod pipe;
 pub mod reader;
 pub mod rules;

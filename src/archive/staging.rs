@@ -18,13 +18,14 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+
 
 use rustix::fs::FileType;
 
 use super::file_writer::{FileMeta, FileWriter};
+use super::media_lanes::{self, DirMeta, Lanes, Owner, Place, IMPLICIT_DIR_MODE};
 use super::from_base::{FromBase, Spill};
 use super::handle::DirHandle;
 use super::manifest::FileRecord;
@@ -33,50 +34,6 @@ use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
 use super::{mtime_of, ArchiveError, Entry, EntryKind, Header, Visitor, MEDIA_DIRS};
 use crate::backup_id::BackupId;
 use crate::synapse::{sqlite, Database, SynapseConfig};
-
-/// Owner (uid, gid) given to what is restored, when running as root.
-type Owner = Option<(u32, u32)>;
-
-/// Mode of a directory the backup has no entry for (Synapse's umask gives the same).
-const IMPLICIT_DIR_MODE: u32 = 0o755;
-
-/// Metadata to apply to a staged directory once every file is in.
-struct DirMeta {
-    mode: u32,
-    mtime: Option<SystemTime>,
-    owner: Owner,
-}
-
-impl DirMeta {
-    fn implicit(owner: Owner) -> Self {
-        DirMeta {
-            mode: IMPLICIT_DIR_MODE,
-            mtime: None,
-            owner,
-        }
-    }
-
-    /// Through the directory's handle: owner and mode, then its time (last: making entries in it
-    /// changed it).
-    fn apply(&self, dir: &DirHandle) -> io::Result<()> {
-        dir.set_owner_and_mode(self.owner, dir_mode(self.mode))?;
-        if let Some(mtime) = self.mtime {
-            let _ = dir.set_mtime(mtime);
-        }
-        Ok(())
-    }
-}
-
-/// A staged media directory the archive's walk is in: entries come in tree order, so when the
-/// walk leaves it, nothing more is made in it and its metadata is applied then. What is open is
-/// one path of the tree, whatever its size.
-struct OpenDir {
-    role: Role,
-    /// below the role's staged root, never empty
-    rel: PathBuf,
-    dir: Arc<DirHandle>,
-    meta: DirMeta,
-}
 
 /// A staging directory beside some targets: both opened once, used through their handles.
 struct Staging {
@@ -108,8 +65,6 @@ pub struct Stager {
     staged: BTreeMap<Role, StagedRole>,
     /// each media role's root's metadata, applied at the end
     roots: BTreeMap<Role, DirMeta>,
-    /// the media directories the walk is in, outermost first
-    open: Vec<OpenDir>,
     /// each role's owner in the live layout
     owners: BTreeMap<Role, Owner>,
     links: HardLinks,
@@ -119,8 +74,10 @@ pub struct Stager {
     /// the process's umask, when it could be read (files are then made with their mode)
     umask: Option<u32>,
     cleanup: bool,
-    /// writes the files' data (large ones on a thread of its own)
+    /// writes the signing key's and database's data (large ones on a thread of its own)
     writer: FileWriter,
+    /// make and write the media
+    lanes: Lanes,
     /// a differential's files to take from its base
     inherited: Option<Spill>,
 }
@@ -141,7 +98,6 @@ impl Stager {
             staging: BTreeMap::new(),
             staged: BTreeMap::new(),
             roots: BTreeMap::new(),
-            open: Vec::new(),
             owners: BTreeMap::new(),
             links: HardLinks::default(),
             media_seen: false,
@@ -150,6 +106,7 @@ impl Stager {
             umask: umask(),
             cleanup: true,
             writer: FileWriter::start()?,
+            lanes: Lanes::start(umask())?,
             inherited: None,
         })
     }
@@ -298,67 +255,6 @@ impl Stager {
         Ok(self.staged.get(&role))
     }
 
-    /// The staged directory `rel` of a media role (its root when `rel` is empty), made (as the
-    /// archive's order needs) if missing, never through a link; the walk leaves, and gives their
-    /// metadata to, the open directories not on the way to it.
-    fn media_dir(&mut self, role: Role, rel: &Path, entry: &str, owner: Owner) -> Result<Arc<DirHandle>, ArchiveError> {
-        while let Some(top) = self.open.last() {
-            if top.role == role && rel.starts_with(&top.rel) {
-                break;
-            }
-            self.leave_one()?;
-        }
-        let mut at = match self.open.last() {
-            Some(top) => top.dir.clone(),
-            None => match self.staged.get(&role).and_then(|s| s.root.as_ref()) {
-                Some(root) => root.clone(),
-                None => return Err(ArchiveError::hostile(entry, "not below a media directory")),
-            },
-        };
-        let mut so_far = self.open.last().map(|top| top.rel.clone()).unwrap_or_default();
-        let rest = rel.strip_prefix(&so_far).unwrap_or(rel).to_path_buf();
-        for c in rest.components() {
-            let Component::Normal(part) = c else {
-                let e = io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path");
-                return Err(through_link(entry, e));
-            };
-            so_far.push(part);
-            let (dir, made) = at.make_child(part, 0o700).map_err(|e| through_link(entry, e))?;
-            let meta = if made {
-                DirMeta::implicit(owner)
-            } else {
-                // made by this restore (the staging directory was empty), and left before: what
-                // was applied to it then is applied again when it is left this time
-                let st = dir.metadata().map_err(write_err(&at.join(part)))?;
-                let mtime = u64::try_from(st.st_mtime)
-                    .ok()
-                    .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-                DirMeta {
-                    mode: st.st_mode & 0o7777,
-                    mtime,
-                    owner,
-                }
-            };
-            let dir = Arc::new(dir);
-            self.open.push(OpenDir {
-                role,
-                rel: so_far.clone(),
-                dir: dir.clone(),
-                meta,
-            });
-            at = dir;
-        }
-        Ok(at)
-    }
-
-    /// The walk leaves the innermost open directory: it gets its metadata.
-    fn leave_one(&mut self) -> Result<(), ArchiveError> {
-        if let Some(d) = self.open.pop() {
-            d.meta.apply(&d.dir).map_err(write_err(d.dir.path()))?;
-        }
-        Ok(())
-    }
-
     /// The directory a non-media role's file goes into: its staging directory.
     fn staging_dir(&self, role: Role) -> Option<&DirHandle> {
         let s = self.staged.get(&role)?;
@@ -380,10 +276,8 @@ impl Stager {
                 self.staged_root(Role::Media(i))?;
             }
         }
-        // innermost first: a directory's mtime changes when something is made in it
-        while !self.open.is_empty() {
-            self.leave_one()?;
-        }
+        // every media directory but the roots has its metadata once this returns
+        self.lanes.finish()?;
         for (role, meta) in std::mem::take(&mut self.roots) {
             let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
                 continue;
@@ -425,134 +319,69 @@ impl Stager {
         })
     }
 
+    /// The signing key or database (media goes to the lanes).
     fn write_file(&mut self, dir: &DirHandle, name: &OsStr, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
-        // its owner must be able to read and write it (Synapse opens its database read-write)
-        let mode = (e.mode & 0o777) | 0o600;
-        // made with its mode, when the umask leaves it whole (a private staging directory: no one
-        // else can open it meanwhile)
-        let whole = self.umask.is_some_and(|mask| mode & mask == 0);
-        let made_mode = if whole { mode } else { 0o600 };
-        let file = match dir.create_file(name, made_mode) {
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                self.replace(dir, name, e.name)?;
-                dir.create_file(name, made_mode)
-            }
-            made => made,
-        };
-        let file = file.map_err(|err| ArchiveError::stage(&dir.join(name), err))?;
+        let (file, mode) = media_lanes::create_fresh(dir, name, e.mode, self.umask, e.name)?;
         let meta = FileMeta {
             mtime: mtime_of(e.mtime)?,
             owner,
-            mode: (!whole).then_some(mode),
+            mode,
         };
         self.writer.write(file, dir.join(name), e.data, e.size, e.name, meta)
     }
 
-    /// Makes room for `name` in `dir`: a later entry of the same name replaces an earlier file or
-    /// link, as tar does; never a directory.
-    fn replace(&mut self, dir: &DirHandle, name: &OsStr, entry: &str) -> Result<(), ArchiveError> {
-        match dir.stat(name).map_err(write_err(&dir.join(name)))? {
-            None => Ok(()),
-            Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                Err(ArchiveError::hostile(entry, rules::OVER_A_DIRECTORY))
-            }
-            Some(_) => {
-                self.links.replaced(entry);
-                dir.remove_file(name).map_err(write_err(&dir.join(name)))
-            }
-        }
-    }
-
     fn media_entry(&mut self, role: Role, rest: &str, e: Entry<'_>, owner: Owner) -> Result<(), ArchiveError> {
-        let rel = Path::new(rest);
-        let meta = DirMeta {
-            mode: e.mode,
-            mtime: Some(mtime_of(e.mtime)?),
-            owner,
-        };
+        let mtime = mtime_of(e.mtime)?;
         if rest.is_empty() {
             // the media directory's root (the type rule allows only a directory here)
+            let meta = DirMeta {
+                mode: e.mode,
+                mtime: Some(mtime),
+                owner,
+            };
             self.roots.insert(role, meta);
             return Ok(());
         }
-        if e.kind == EntryKind::Dir {
-            self.media_dir(role, rel, e.name, owner)?;
-            if let Some(top) = self.open.last_mut() {
-                top.meta = meta; // `media_dir` made `rel` the innermost open directory
+        let Some(root) = self.staged.get(&role).and_then(|s| s.root.clone()) else {
+            return Err(ArchiveError::hostile(e.name, "not below a media directory"));
+        };
+        let place = Place {
+            role,
+            root,
+            entry: e.name.to_string(),
+            rest: rest.to_string(),
+            owner,
+        };
+        match e.kind {
+            EntryKind::Dir => {
+                let meta = DirMeta {
+                    mode: e.mode,
+                    mtime: Some(mtime),
+                    owner,
+                };
+                self.lanes.dir(place, meta)
             }
-            return Ok(());
-        }
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let name = rel.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let dir = self.media_dir(role, parent, e.name, owner)?;
-        let kind = e.kind.clone();
-        let entry_name = e.name.to_string();
-        match kind {
             EntryKind::File => {
-                self.write_file(&dir, &name, e, owner)?;
-                self.links.file(&entry_name);
-                Ok(())
+                self.links.file(e.name);
+                self.lanes.file(place, e.mode, mtime, e.size, e.data)
             }
             EntryKind::Symlink(target) => {
-                let path = dir.join(&name);
-                let made = match dir.symlink(OsStr::new(&target), &name) {
-                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                        self.replace(&dir, &name, &entry_name)?;
-                        dir.symlink(OsStr::new(&target), &name)
-                    }
-                    made => made,
-                };
-                made.and_then(|()| match owner {
-                    Some((uid, gid)) => dir.chown(&name, uid, gid),
-                    None => Ok(()),
-                })
-                .map_err(write_err(&path))
+                self.links.replaced(e.name);
+                self.lanes.symlink(place, target)
             }
             EntryKind::HardLink(target) => {
-                self.replace(&dir, &name, &entry_name)?;
-                self.hard_link(role, &target, &entry_name, &dir, &name)
+                // the lane checks that what it finds there is still a regular file
+                if let Some(why) = self.links.refusal(&self.layout, role, &target) {
+                    return Err(ArchiveError::hostile(e.name, why));
+                }
+                let Some((_, trest)) = self.layout.classify(&target) else {
+                    return Err(ArchiveError::hostile(e.name, format!("a hard link to {target:?}, outside the backup")));
+                };
+                let trest = trest.to_string();
+                self.links.file(e.name);
+                self.lanes.hard_link(place, trest)
             }
-            EntryKind::Dir => Ok(()),
         }
-    }
-
-    /// A hard link to an earlier file of the same media directory, found component by component
-    /// among what this restore made (never through a link).
-    fn hard_link(
-        &mut self,
-        role: Role,
-        target: &str,
-        entry: &str,
-        dir: &DirHandle,
-        name: &OsStr,
-    ) -> Result<(), ArchiveError> {
-        if let Some(why) = self.links.refusal(&self.layout, role, target) {
-            return Err(ArchiveError::hostile(entry, why));
-        }
-        let not_restored = || {
-            ArchiveError::hostile(
-                entry,
-                format!("a hard link to {target:?}, which is not a file restored before it"),
-            )
-        };
-        let Some((_, trest)) = self.layout.classify(target) else {
-            return Err(not_restored());
-        };
-        let Some(root) = self.staged.get(&role).and_then(|s| s.root.as_ref()) else {
-            return Err(not_restored());
-        };
-        let trel = Path::new(trest);
-        let (sdir, _) = root
-            .descend(trel.parent().unwrap_or(Path::new("")), None)
-            .map_err(|_| not_restored())?;
-        let sname = trel.file_name().unwrap_or_default();
-        match sdir.stat(sname) {
-            Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
-            _ => return Err(not_restored()),
-        }
-        dir.hard_link(&sdir, sname, name).map_err(write_err(&dir.join(name)))?;
-        self.links.file(entry);
-        Ok(())
     }
 }
 
@@ -622,7 +451,9 @@ impl Visitor for Stager {
 
 impl Drop for Stager {
     fn drop(&mut self) {
-        let _ = self.writer.finish(); // nothing may still be writing into what is removed below
+        // nothing may still be writing into what is removed below
+        let _ = self.writer.finish();
+        let _ = self.lanes.finish();
         if self.cleanup {
             for s in self.staging.values() {
                 if let Some(name) = s.dir.path().file_name() {
@@ -739,14 +570,6 @@ fn on_staged_db<T: Send>(
         })
 }
 
-/// An entry that would be written through a link or over a file.
-fn through_link(entry: &str, e: io::Error) -> ArchiveError {
-    match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENOTDIR | libc::EEXIST) => ArchiveError::hostile(entry, rules::THROUGH_A_LINK),
-        _ => ArchiveError::io(format!("cannot stage {entry}"), e),
-    }
-}
-
 /// A backup of another server would change this server's identity: refused unless forced.
 pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool) -> Result<(), ArchiveError> {
     if backup != current && !force {
@@ -755,12 +578,6 @@ pub fn check_server_name(id: &BackupId, backup: &str, current: &str, force: bool
         )));
     }
     Ok(())
-}
-
-/// A restored directory's mode: what the backup says, but always usable by its owner (Synapse
-/// creates shards and caches in them), and never set-id.
-fn dir_mode(mode: u32) -> u32 {
-    (mode & 0o1777) | 0o700
 }
 
 /// `path`, or its nearest ancestor that exists (a lost server's directories are made again).
