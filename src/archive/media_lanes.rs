@@ -103,7 +103,10 @@ impl Place {
 
     fn split(&self) -> (&Path, &OsStr) {
         let rel = Path::new(&self.rest);
-        (rel.parent().unwrap_or(Path::new("")), rel.file_name().unwrap_or_default())
+        (
+            rel.parent().unwrap_or(Path::new("")),
+            rel.file_name().unwrap_or_default(),
+        )
     }
 }
 
@@ -320,7 +323,10 @@ impl Lanes {
                 return Ok(buf);
             }
             // the buffers are in lanes that are writing, unless one stopped on a failure
-            let stopped_lane = self.lanes.iter().position(|l| l.thread.as_ref().is_none_or(JoinHandle::is_finished));
+            let stopped_lane = self
+                .lanes
+                .iter()
+                .position(|l| l.thread.as_ref().is_none_or(JoinHandle::is_finished));
             if let Some(i) = stopped_lane {
                 self.join(i)?;
                 return Err(stopped());
@@ -608,7 +614,9 @@ pub(super) fn make_room(dir: &DirHandle, name: &OsStr, entry: &str) -> Result<()
         Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             Err(ArchiveError::hostile(entry, rules::OVER_A_DIRECTORY))
         }
-        Some(_) => dir.remove_file(name).map_err(|e| ArchiveError::stage(&dir.join(name), e)),
+        Some(_) => dir
+            .remove_file(name)
+            .map_err(|e| ArchiveError::stage(&dir.join(name), e)),
     }
 }
 

@@ -21,14 +21,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use rustix::fs::FileType;
 
 use super::file_writer::{FileMeta, FileWriter};
-use super::media_lanes::{self, DirMeta, Lanes, Owner, Place, IMPLICIT_DIR_MODE};
 use super::from_base::{FromBase, Spill};
 use super::handle::DirHandle;
 use super::manifest::FileRecord;
+use super::media_lanes::{self, DirMeta, Lanes, Owner, Place, IMPLICIT_DIR_MODE};
 use super::rules::{self, HardLinks, Layout, Role};
 use super::swap::{self, Companion, Dirs, Swapped, Target, STAGING_PREFIX};
 use super::{mtime_of, ArchiveError, Entry, EntryKind, Header, Visitor, MEDIA_DIRS};
@@ -375,7 +374,10 @@ impl Stager {
                     return Err(ArchiveError::hostile(e.name, why));
                 }
                 let Some((_, trest)) = self.layout.classify(&target) else {
-                    return Err(ArchiveError::hostile(e.name, format!("a hard link to {target:?}, outside the backup")));
+                    return Err(ArchiveError::hostile(
+                        e.name,
+                        format!("a hard link to {target:?}, outside the backup"),
+                    ));
                 };
                 let trest = trest.to_string();
                 self.links.file(e.name);
