@@ -1,7 +1,8 @@
-//! Restored files are written by a thread of their own, so the unpacking thread reads, hashes and
-//! checks entries while this one writes what came before. Small files (most of a media store's
-//! files, few of its bytes) are written by the unpacking thread itself: for them a hand-over
-//! (waking a thread, and waiting for a buffer back) would cost more than the write.
+//! The signing key and the database are written by a thread of their own, so the unpacking thread
+//! reads, hashes and checks entries while this one writes what came before; files smaller than
+//! [`INLINE_BELOW`] are written by the unpacking thread itself, as a hand-over would cost more than
+//! the write. Media is written by the lanes of [`super::media_lanes`], which reuse this module's
+//! buffers and its direct-I/O writes.
 //!
 //! Files are still created (`O_EXCL`, never through a link) by the caller, in archive order, so every
 //! check on paths stays where it was; this thread only writes their data and then sets each file's

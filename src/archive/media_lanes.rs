@@ -48,6 +48,7 @@ const QUEUE: usize = 48;
 const MAX_BUFFERS: usize = 8;
 
 /// Metadata to apply to a staged directory once every entry in it is made.
+#[derive(Clone, Copy)]
 pub(super) struct DirMeta {
     pub mode: u32,
     pub mtime: Option<SystemTime>,
@@ -67,10 +68,25 @@ impl DirMeta {
     /// changed it).
     pub fn apply(&self, dir: &DirHandle) -> io::Result<()> {
         dir.set_owner_and_mode(self.owner, dir_mode(self.mode))?;
+        self.apply_mtime(dir);
+        Ok(())
+    }
+
+    /// As [`DirMeta::apply`], leaving out what the directory was made with.
+    fn apply_to_made(&self, dir: &DirHandle, made: Made) -> io::Result<()> {
+        let mode = dir_mode(self.mode);
+        match (self.owner.filter(|o| made.owner != Some(*o)), made.mode == Some(mode)) {
+            (None, true) => {}
+            (owner, _) => dir.set_owner_and_mode(owner, mode)?,
+        }
+        self.apply_mtime(dir);
+        Ok(())
+    }
+
+    fn apply_mtime(&self, dir: &DirHandle) {
         if let Some(mtime) = self.mtime {
             let _ = dir.set_mtime(mtime);
         }
-        Ok(())
     }
 }
 
@@ -124,7 +140,8 @@ enum Op {
         mtime: SystemTime,
         body: Body,
     },
-    Chunk(Buffer, usize),
+    /// (None once the lane gave the buffer back)
+    Chunk(Option<Buffer>, usize),
     End,
     Symlink(Place, String),
     /// a hard link to the file at `target` (below the same root)
@@ -138,6 +155,8 @@ enum Op {
 struct Lane {
     /// None once finished
     jobs: Option<SyncSender<Vec<Op>>>,
+    /// batches the lane is done with
+    done: Receiver<Vec<Op>>,
     batch: Vec<Op>,
     bytes: usize,
     /// None once joined
@@ -158,14 +177,16 @@ impl Lanes {
         let mut lanes = Vec::with_capacity(count);
         for i in 0..count {
             let (jobs, queue) = sync_channel(QUEUE);
+            let (hand_back, done) = channel();
             let give_back = give_back.clone();
             // the thread drops `queue` when it stops, so a failure makes the next hand-over fail
             let thread = std::thread::Builder::new()
                 .name(format!("restore-media-{i}"))
-                .spawn(move || Walker::new(umask, give_back).run(queue))
+                .spawn(move || Walker::new(umask, give_back).run(queue, hand_back))
                 .map_err(|e| ArchiveError::io("cannot start a thread that writes restored media", e))?;
             lanes.push(Lane {
                 jobs: Some(jobs),
+                done,
                 batch: Vec::new(),
                 bytes: 0,
                 thread: Some(thread),
@@ -222,7 +243,7 @@ impl Lanes {
             let mut buf = self.buffer()?;
             let n = super::read_full(data, buf.window()).map_err(|e| ArchiveError::read(&entry, e))?;
             if n > 0 {
-                self.push(lane, Op::Chunk(buf, n), n)?;
+                self.push(lane, Op::Chunk(Some(buf), n), n)?;
                 self.flush(lane)?;
             }
             if n < file_writer::BUF_SIZE {
@@ -264,6 +285,16 @@ impl Lanes {
 
     fn push(&mut self, lane: usize, op: Op, bytes: usize) -> Result<(), ArchiveError> {
         let l = &mut self.lanes[lane];
+        if l.batch.capacity() == 0 {
+            // one the lane is done with: what it holds is freed here, by the thread that
+            // allocated it (glibc frees another thread's blocks under a lock that thread takes
+            // for every allocation: with a batch freed by each lane, the threads waited on it
+            // more than on the disk)
+            if let Ok(mut done) = l.done.try_recv() {
+                done.clear();
+                l.batch = done;
+            }
+        }
         l.batch.push(op);
         l.bytes += bytes;
         if l.bytes >= BATCH_BYTES || l.batch.len() >= BATCH_ENTRIES {
@@ -377,6 +408,14 @@ struct OpenDir {
     rel: PathBuf,
     dir: Arc<DirHandle>,
     meta: DirMeta,
+    made: Made,
+}
+
+/// What a directory this lane made was given as it was made: nothing of it is set again.
+#[derive(Clone, Copy, Default)]
+struct Made {
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
 }
 
 /// A large file being written from the chunks that follow its entry.
@@ -393,6 +432,7 @@ struct Walker {
     streaming: Option<Streaming>,
     umask: Option<u32>,
     give_back: Sender<Buffer>,
+    ids: FsIds,
 }
 
 impl Walker {
@@ -402,14 +442,17 @@ impl Walker {
             streaming: None,
             umask,
             give_back,
+            ids: FsIds::of_process(),
         }
     }
 
-    fn run(mut self, queue: Receiver<Vec<Op>>) -> Result<(), ArchiveError> {
-        for batch in queue {
-            for op in batch {
+    /// Applies each batch, and hands it back (see [`Lanes::push`]).
+    fn run(mut self, queue: Receiver<Vec<Op>>, hand_back: Sender<Vec<Op>>) -> Result<(), ArchiveError> {
+        for mut batch in queue {
+            for op in &mut batch {
                 self.apply(op)?;
             }
+            let _ = hand_back.send(batch);
         }
         // innermost first: a directory's mtime changes when something is made in it
         while !self.open.is_empty() {
@@ -418,13 +461,10 @@ impl Walker {
         Ok(())
     }
 
-    fn apply(&mut self, op: Op) -> Result<(), ArchiveError> {
+    fn apply(&mut self, op: &mut Op) -> Result<(), ArchiveError> {
         match op {
             Op::Dir(place, meta) => {
-                self.dir(&place, Path::new(&place.rest))?;
-                if let Some(top) = self.open.last_mut() {
-                    top.meta = meta; // `dir` made `rest` the innermost open directory
-                }
+                self.dir(place, Path::new(&place.rest), Some(*meta))?;
                 Ok(())
             }
             Op::File {
@@ -434,22 +474,23 @@ impl Walker {
                 body,
             } => {
                 let (parent, name) = place.split();
-                let dir = self.dir(&place, parent)?;
-                let (file, mode) = create_fresh(&dir, name, mode, self.umask, &place.entry)?;
+                let dir = self.dir(place, parent, None)?;
+                let owner = self.ids.become_owner(place.owner);
+                let (file, mode) = create_fresh(&dir, name, *mode, self.umask, &place.entry)?;
                 let meta = FileMeta {
-                    mtime,
-                    owner: place.owner,
+                    mtime: *mtime,
+                    owner,
                     mode,
                 };
                 match body {
                     Body::Small(data) => {
                         let mut file = file;
-                        file.write_all(&data)
+                        file.write_all(data)
                             .and_then(|()| file_writer::finish_file(&file, &meta))
                             .map_err(|e| ArchiveError::stage(&dir.join(name), e))
                     }
                     Body::Large(size) => {
-                        let direct = size >= file_writer::DIRECT_FROM && file_writer::set_direct(&file, true).is_ok();
+                        let direct = *size >= file_writer::DIRECT_FROM && file_writer::set_direct(&file, true).is_ok();
                         self.streaming = Some(Streaming {
                             file,
                             path: dir.join(name),
@@ -461,8 +502,11 @@ impl Walker {
                 }
             }
             Op::Chunk(buf, n) => {
+                let Some(buf) = buf.take() else {
+                    return Ok(());
+                };
                 let written = match &mut self.streaming {
-                    Some(s) => file_writer::write_chunk(&mut s.file, buf.filled(n), &mut s.direct)
+                    Some(s) => file_writer::write_chunk(&mut s.file, buf.filled(*n), &mut s.direct)
                         .map_err(|e| ArchiveError::stage(&s.path, e)),
                     None => Ok(()),
                 };
@@ -475,21 +519,22 @@ impl Walker {
             },
             Op::Symlink(place, target) => {
                 let (parent, name) = place.split();
-                let dir = self.dir(&place, parent)?;
-                let made = match dir.symlink(OsStr::new(&target), name) {
+                let dir = self.dir(place, parent, None)?;
+                let owner = self.ids.become_owner(place.owner);
+                let made = match dir.symlink(OsStr::new(target.as_str()), name) {
                     Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                         make_room(&dir, name, &place.entry)?;
-                        dir.symlink(OsStr::new(&target), name)
+                        dir.symlink(OsStr::new(target.as_str()), name)
                     }
                     made => made,
                 };
-                made.and_then(|()| match place.owner {
+                made.and_then(|()| match owner {
                     Some((uid, gid)) => dir.chown(name, uid, gid),
                     None => Ok(()),
                 })
                 .map_err(|e| ArchiveError::stage(&dir.join(name), e))
             }
-            Op::HardLink { place, target } => self.hard_link(&place, &target),
+            Op::HardLink { place, target } => self.hard_link(place, target),
             Op::Barrier(ack) => {
                 let _ = ack.send(());
                 Ok(())
@@ -499,8 +544,9 @@ impl Walker {
 
     /// The staged directory `rel` of the place's role (its root when `rel` is empty), made (as
     /// the archive's order needs) if missing, never through a link; the walk leaves, and gives
-    /// their metadata to, the open directories not on the way to it.
-    fn dir(&mut self, place: &Place, rel: &Path) -> Result<Arc<DirHandle>, ArchiveError> {
+    /// their metadata to, the open directories not on the way to it. `meta`: the directory's
+    /// own entry, for `rel` itself (others have no entry before theirs: [`DirMeta::implicit`]).
+    fn dir(&mut self, place: &Place, rel: &Path, meta: Option<DirMeta>) -> Result<Arc<DirHandle>, ArchiveError> {
         while let Some(top) = self.open.last() {
             if top.role == place.role && rel.starts_with(&top.rel) {
                 break;
@@ -512,14 +558,23 @@ impl Walker {
             None => (place.root.clone(), PathBuf::new()),
         };
         let rest = rel.strip_prefix(&so_far).unwrap_or(rel).to_path_buf();
-        for c in rest.components() {
+        let mut own = meta;
+        let parts = rest.components().count();
+        for (i, c) in rest.components().enumerate() {
             let Component::Normal(part) = c else {
                 let e = io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path");
                 return Err(through_link(&place.entry, e));
             };
             so_far.push(part);
-            let (dir, made) = at.make_child(part, 0o700).map_err(|e| through_link(&place.entry, e))?;
-            let meta = if made {
+            let entry_meta = if i + 1 == parts { own.take() } else { None };
+            // made with its owner and its mode where it can be (the staging directory is private
+            // until the swap), so that leaving it sets only its time
+            let owner_left = self.ids.become_owner(place.owner);
+            let mode = dir_mode(entry_meta.as_ref().map_or(IMPLICIT_DIR_MODE, |m| m.mode));
+            let (dir, made) = at.make_child(part, mode).map_err(|e| through_link(&place.entry, e))?;
+            let meta = if let Some(meta) = entry_meta {
+                meta
+            } else if made {
                 DirMeta::implicit(place.owner)
             } else {
                 // made by this restore (the staging directory was empty), and left before: what
@@ -534,14 +589,27 @@ impl Walker {
                     owner: place.owner,
                 }
             };
+            let made = match made {
+                true => Made {
+                    owner: place.owner.filter(|_| owner_left.is_none()),
+                    mode: self.umask.filter(|mask| mode & mask == 0).map(|_| mode),
+                },
+                false => Made::default(),
+            };
             let dir = Arc::new(dir);
             self.open.push(OpenDir {
                 role: place.role,
                 rel: so_far.clone(),
                 dir: dir.clone(),
                 meta,
+                made,
             });
             at = dir;
+        }
+        if let (Some(meta), Some(top)) = (own, self.open.last_mut()) {
+            // `rel` was open already: its entry comes after entries below it
+            top.meta = meta;
+            top.made = Made::default();
         }
         Ok(at)
     }
@@ -549,7 +617,9 @@ impl Walker {
     /// The walk leaves the innermost open directory: it gets its metadata.
     fn leave_one(&mut self) -> Result<(), ArchiveError> {
         if let Some(d) = self.open.pop() {
-            d.meta.apply(&d.dir).map_err(|e| ArchiveError::stage(d.dir.path(), e))?;
+            d.meta
+                .apply_to_made(&d.dir, d.made)
+                .map_err(|e| ArchiveError::stage(d.dir.path(), e))?;
         }
         Ok(())
     }
@@ -558,7 +628,7 @@ impl Walker {
     /// what this restore made (never through a link), and checked to be a regular file still.
     fn hard_link(&mut self, place: &Place, target: &str) -> Result<(), ArchiveError> {
         let (parent, name) = place.split();
-        let dir = self.dir(place, parent)?;
+        let dir = self.dir(place, parent, None)?;
         make_room(&dir, name, &place.entry)?;
         let not_restored = || {
             ArchiveError::hostile(
@@ -578,6 +648,57 @@ impl Walker {
         }
         dir.hard_link(&sdir, sname, name)
             .map_err(|e| ArchiveError::stage(&dir.join(name), e))
+    }
+}
+
+/// The file-system user and group a lane's thread makes inodes with. Running as root, a lane takes
+/// on the owner of what it makes (`setfsuid(2)`, for its thread only) so that nothing it makes
+/// needs a `chown` after: on a media store of small files that is a system call in four. Creating
+/// as that user is safe here: the lane makes entries only in directories it made itself (or its
+/// role's staged root, given the same owner), all of them that user's.
+struct FsIds {
+    current: (u32, u32),
+    can_switch: bool,
+}
+
+impl FsIds {
+    fn of_process() -> Self {
+        let uid = rustix::process::geteuid();
+        FsIds {
+            current: (uid.as_raw(), rustix::process::getegid().as_raw()),
+            can_switch: uid.is_root(),
+        }
+    }
+
+    /// Makes the next inodes this thread creates belong to `owner`, where it can; the owner still
+    /// to set on them (None: nothing to set).
+    fn become_owner(&mut self, owner: Owner) -> Owner {
+        let want = owner?;
+        if want == self.current {
+            return None;
+        }
+        if self.can_switch {
+            if switch_fs_ids(want) {
+                self.current = want;
+                return None;
+            }
+            // not again for every entry; and whatever the ids are now, they are set after
+            self.can_switch = false;
+            self.current = (u32::MAX, u32::MAX);
+        }
+        Some(want)
+    }
+}
+
+/// Sets the calling thread's file-system ids; whether both took.
+fn switch_fs_ids((uid, gid): (u32, u32)) -> bool {
+    // SAFETY: setfsuid and setfsgid change the file-system credentials of the calling thread only
+    // (the C library does not pass them on to other threads); they touch no memory. Called with
+    // an invalid id (-1) they change nothing and return the current one.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        libc::setfsgid(u32::MAX) as u32 == gid && libc::setfsuid(u32::MAX) as u32 == uid
     }
 }
 

@@ -235,9 +235,13 @@ impl Stager {
                 let path = staging.dir.join(&name);
                 rustix::fs::mkdirat(staging.dir.fd(), &name, rustix::fs::Mode::from_raw_mode(0o700))
                     .map_err(|e| ArchiveError::stage(&path, e.into()))?;
+                let root = staging.dir.child(&name).map_err(write_err(&path))?;
+                // the lanes make what is below as its owner, and nothing in it set-group-ID (a
+                // directory inherits the bit from a set-group-ID parent)
+                root.set_owner_and_mode(owner, 0o700).map_err(write_err(&path))?;
                 // mode and times from the backup's entry, if it has one (see `finish`)
                 self.roots.insert(role, DirMeta::implicit(owner));
-                Some(Arc::new(staging.dir.child(&name).map_err(write_err(&path))?))
+                Some(Arc::new(root))
             } else {
                 None
             };
