@@ -20,6 +20,7 @@ pub mod index;
 pub mod manifest;
 mod media_lanes;
 pub mod pipe;
+mod read_ahead;
 pub mod reader;
 pub mod rules;
 mod segments;

@@ -33,6 +33,7 @@ use super::compress::{looks_compressed, AdaptiveGz, Level, SWITCH_MIN};
 use super::handle;
 use super::index::{IndexReader, IndexRecord, IndexWriter};
 use super::manifest::{self, FileChunk, FileRecord, Skipped, Summary, SKIPPED_LISTED};
+use super::read_ahead::ReadAhead;
 use super::rules::{self, Layout};
 use super::segments::{segments, SegmentReader, SegmentWriter};
 use super::stages::{self, first_cause, Counters};
@@ -189,6 +190,8 @@ struct Producer<'a> {
     inherited_bytes: u64,
     /// where a directory's entries are read into
     dir_buf: Vec<MaybeUninit<u8>>,
+    /// the threads reading the tree being walked ahead of the walk
+    read_ahead: Option<ReadAhead>,
 }
 
 impl<'a> Producer<'a> {
@@ -218,6 +221,7 @@ impl<'a> Producer<'a> {
             inherited: 0,
             inherited_bytes: 0,
             dir_buf: Vec::new(),
+            read_ahead: None,
         };
         p.json(manifest::HEADER, &plan.header)?;
         for source in &plan.sources {
@@ -225,7 +229,11 @@ impl<'a> Producer<'a> {
                 let read_err = |e| read_err(&source.read_from, e);
                 let dir = open_dir(&source.read_from).map_err(read_err)?;
                 let md = dir.metadata().map_err(read_err)?;
+                // a differential reads the bodies of the few files that changed only
+                let bodies = !matches!(p.delta, Delta::Base(_));
+                p.read_ahead = Some(ReadAhead::start(&[&source.read_from], bodies));
                 p.tree(dir, &source.read_from, &source.name, &md)?;
+                p.read_ahead = None;
             } else {
                 p.file(
                     Open::Path(&source.read_from),
@@ -421,6 +429,9 @@ impl<'a> Producer<'a> {
     /// nearly) a directory costs an open, a stat, its listing and a close, and the kernel never
     /// walks a whole path.
     fn tree(&mut self, dir_fd: fs::File, dir: &Path, name: &str, md: &fs::Metadata) -> Result<(), ArchiveError> {
+        if let Some(read_ahead) = &self.read_ahead {
+            read_ahead.entering(dir);
+        }
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(md, HeaderMode::Complete);
         header.set_entry_type(EntryType::Directory);
