@@ -5,8 +5,8 @@
 //! of its block, one after the other (300,000 files: 58 s cold, 6 s warm). The walk must stay one
 //! thread, in one order, for the archive to be a stream; so these threads go ahead of it in the
 //! same order (a directory's entries sorted by name, depth first: the order of [`Path`]'s `Ord`),
-//! list the directories and read the small files (the start of the larger ones, through
-//! `posix_fadvise`) into the page cache, many requests in flight at once, and the walk then finds
+//! list the directories and read the small files (the first [`SMALL`] bytes of larger ones, whose
+//! rest the kernel's own read-ahead fetches as the walk reads them) into the page cache, many requests in flight at once, and the walk then finds
 //! them there. They keep at most [`AHEAD_FILES`] files and [`AHEAD_BYTES`] bytes ahead of the walk,
 //! so they never push out of the cache what the walk has yet to read, and skip what it has passed.
 //!
@@ -15,15 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::handle;
 
@@ -32,7 +30,7 @@ const THREADS: usize = 8;
 /// How far ahead of the walk they may be, in files and in bytes read.
 const AHEAD_FILES: u64 = 8192;
 const AHEAD_BYTES: u64 = 64 << 20;
-/// Files up to this size are read; of larger ones, this much is asked for.
+/// How much of each file is read.
 const SMALL: u64 = 64 << 10;
 /// A file opened and read faster than this was in the cache: a read from the disk takes longer.
 const CACHED: Duration = Duration::from_micros(40);
@@ -71,6 +69,8 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// the tree's root, followed when it is a link (as the walk does); nothing below it is
+    root: PathBuf,
     wake: Condvar,
     /// read the files' bodies (not when a differential will mostly compare their metadata)
     bodies: bool,
@@ -89,14 +89,15 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Starts reading the trees at `roots` (walked in this order) ahead of the walk; `bodies`:
-    /// whether the files' contents will be read, or only their metadata.
-    pub fn start(roots: &[&Path], bodies: bool) -> Self {
+    /// Starts reading the tree at `root` ahead of its walk; `bodies`: whether the files' contents
+    /// will be read, or only their metadata.
+    pub fn start(root: &Path, bodies: bool) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                pending: roots.iter().map(|r| r.to_path_buf()).collect(),
+                pending: BTreeSet::from([root.to_path_buf()]),
                 ..State::default()
             }),
+            root: root.to_path_buf(),
             wake: Condvar::new(),
             bodies,
         });
@@ -162,7 +163,8 @@ fn run(shared: &Shared) {
                 st.idle -= 1;
             }
         };
-        let (subdirs, files, bytes) = read_dir(&dir, shared.bodies, &mut list_buf, &mut body);
+        let follow = dir == shared.root;
+        let (subdirs, files, bytes) = read_dir(&dir, follow, shared.bodies, &mut list_buf, &mut body);
         let mut st = shared.lock();
         if st.passed(&dir) {
             continue;
@@ -184,16 +186,21 @@ fn run(shared: &Shared) {
     }
 }
 
-/// Lists `dir` and reads what it holds into the cache: its subdirectories, and the files and
-/// bytes read.
+/// Lists `dir` (a link to one only when `follow`) and reads what it holds into the cache: its
+/// subdirectories, and the files and bytes read.
 fn read_dir(
     dir: &Path,
+    follow: bool,
     bodies: bool,
     list_buf: &mut Vec<MaybeUninit<u8>>,
     body: &mut [u8],
 ) -> (Vec<PathBuf>, u64, u64) {
     let (mut files, mut bytes) = (0, 0);
-    let Ok(dir_fd) = fs::File::open(dir) else {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let Ok(dir_fd) = rustix::fs::open(dir, flags, Mode::empty()) else {
         return (Vec::new(), 0, 0);
     };
     let Ok(children) = handle::list(&dir_fd, list_buf) else {
@@ -210,30 +217,19 @@ fn read_dir(
             continue;
         }
         let started = Instant::now();
+        if !bodies {
+            // the inode is what a differential compares
+            if rustix::fs::statat(&dir_fd, child.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                files += 1;
+            }
+            continue;
+        }
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let Ok(fd) = rustix::fs::openat(dir_fd.as_fd(), child.as_os_str(), flags, Mode::empty()) else {
+        let Ok(fd) = rustix::fs::openat(&dir_fd, child.as_os_str(), flags, Mode::empty()) else {
             continue;
         };
         files += 1;
-        if !bodies {
-            let _ = rustix::fs::fstat(&fd);
-            continue;
-        }
-        let mut file = fs::File::from(fd);
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if size <= SMALL {
-            let mut read = 0;
-            while let Ok(n @ 1..) = file.read(&mut body[read..]) {
-                read += n;
-                if read == body.len() {
-                    break;
-                }
-            }
-            bytes += read as u64;
-        } else {
-            let _ = rustix::fs::fadvise(&file, 0, std::num::NonZeroU64::new(SMALL), rustix::fs::Advice::WillNeed);
-            bytes += SMALL;
-        }
+        bytes += super::read_full(&mut fs::File::from(fd), body).unwrap_or(0) as u64;
         // what the walk will find in the cache anyway costs a core for nothing: a directory whose
         // file was already there (read without a wait on the disk) likely holds the rest too
         cached = started.elapsed() < CACHED;
@@ -249,6 +245,7 @@ mod tests {
     fn the_walk_leaves_behind_what_it_passed_and_keeps_what_it_is_inside() {
         let shared = Shared {
             state: Mutex::new(State::default()),
+            root: "/m".into(),
             wake: Condvar::new(),
             bodies: true,
         };
@@ -284,7 +281,7 @@ mod tests {
             fs::create_dir_all(&sub).unwrap();
             fs::write(sub.join("f"), vec![7u8; 100 + i]).unwrap();
         }
-        let ra = ReadAhead::start(&[d.path()], true);
+        let ra = ReadAhead::start(d.path(), true);
         ra.entering(d.path());
         drop(ra);
     }

@@ -231,7 +231,7 @@ impl<'a> Producer<'a> {
                 let md = dir.metadata().map_err(read_err)?;
                 // a differential reads the bodies of the few files that changed only
                 let bodies = !matches!(p.delta, Delta::Base(_));
-                p.read_ahead = Some(ReadAhead::start(&[&source.read_from], bodies));
+                p.read_ahead = Some(ReadAhead::start(&source.read_from, bodies));
                 p.tree(dir, &source.read_from, &source.name, &md)?;
                 p.read_ahead = None;
             } else {
